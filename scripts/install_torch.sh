@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install PyTorch into the environment of the given python, choosing the build by hardware:
+#   - an NVIDIA GPU answers nvidia-smi -> PyPI's default Linux wheel, which is a CUDA build;
+#   - otherwise the CPU build, from PyTorch's CPU index. Its "+cpu" local version sorts above
+#     PyPI's CUDA wheel of the same release, so pip never picks the multi-GB CUDA build.
+#     Where a CPU wheel lies on local disk (pip's find-links, as on our CI machine) it is used
+#     and the CPU index is never reached.
+# A torch that is already importable is kept as it is (a GPU user's own CUDA build, say).
+# Override the release with TORCH_VERSION=..., or the whole requirement with TORCH_SPEC=...
+set -euo pipefail
+PY=${1:-python3}
+if "$PY" -c 'import torch' 2>/dev/null; then
+  echo "install_torch: keeping $("$PY" -c 'import torch; print("torch", torch.__version__)')"
+  exit 0
+fi
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+TORCH_SPEC=${TORCH_SPEC:-torch==$TORCH_VERSION}
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo "install_torch: NVIDIA GPU found: installing a CUDA build ($TORCH_SPEC)"
+  "$PY" -m pip install "$TORCH_SPEC"
+else
+  echo "install_torch: no NVIDIA GPU: installing the CPU build ($TORCH_SPEC)"
+  "$PY" -m pip install "$TORCH_SPEC" --extra-index-url https://download.pytorch.org/whl/cpu
+fi
+"$PY" -c 'import torch; print("install_torch: torch", torch.__version__, "cuda" if torch.version.cuda else "cpu")'

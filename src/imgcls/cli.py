@@ -1,0 +1,160 @@
+"""The `imgcls` command: one subcommand per job, thin handlers, lazy imports.
+
+Owns argument parsing and how results and errors are printed. A UserError (a user's
+mistake) becomes one line on stderr and exit status 2, never a traceback; Ctrl-C exits 130.
+Each handler imports its module when it runs, so `imgcls scan` never pays for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from imgcls import __version__
+from imgcls.errors import UserError
+
+
+def _add_scan_options(p: argparse.ArgumentParser) -> None:
+    from imgcls.scan import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
+
+    g = p.add_argument_group("scanning")
+    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="reject images with more pixels than this, undecoded (decompression "
+                        "bomb guard; default %(default)s)")
+    g.add_argument("--min-side", type=int, default=DEFAULT_MIN_SIDE, metavar="PX",
+                   help="reject images narrower or shorter than this (default %(default)s)")
+    g.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="processes for decoding (default: all cores)")
+    g.add_argument("--cache-dir", metavar="DIR",
+                   help="where scan results and image caches live (default: $IMGCLS_CACHE_DIR "
+                        "or the user cache folder); never inside the data folder")
+    g.add_argument("--no-cache", action="store_true", help="re-check every file")
+
+
+def _scan_options(args):
+    from imgcls.scan import ScanOptions
+
+    return ScanOptions(max_pixels=args.max_pixels, min_side=args.min_side, workers=args.workers,
+                       cache_dir=args.cache_dir, use_cache=not args.no_cache)
+
+
+def cmd_scan(args) -> int:
+    from imgcls.scan import format_report, report_dict, scan
+
+    index = scan(args.data_dir, _scan_options(args))
+    if args.json:
+        doc = report_dict(index)
+    else:
+        print(format_report(index))
+    if args.quarantine:
+        from imgcls.fsutil import display
+        from imgcls.quarantine import quarantine
+
+        rep = quarantine(index, args.quarantine)
+        msgs = [f"Moved {len(rep.moved)} rejected files to {display(args.quarantine)} "
+                f"(undo: imgcls restore {display(args.quarantine)})"]
+        msgs += [f"  not moved: {display(p)}: {why}" for p, why in rep.skipped]
+        print("\n".join(msgs), file=sys.stderr if args.json else sys.stdout)
+        if args.json:
+            doc["quarantined"] = rep.moved
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from imgcls.fsutil import display
+    from imgcls.quarantine import restore
+
+    rep = restore(args.quarantine_dir)
+    print(f"Restored {len(rep.moved)} files.")
+    for p, why in rep.skipped:
+        print(f"imgcls: not restored: {display(p)}: {why}", file=sys.stderr)
+    return 1 if rep.skipped else 0
+
+
+def cmd_split(args) -> int:
+    from imgcls.scan import scan
+    from imgcls.split import split_index, split_with_val_dir
+
+    opts = _scan_options(args)
+    index = scan(args.data_dir, opts)
+    if args.val_dir:
+        sp = split_with_val_dir(index, scan(args.val_dir, opts))
+    else:
+        sp = split_index(index, args.val_split, args.seed, args.split)
+    if args.json:
+        print(json.dumps({"method": sp.method, "seed": sp.seed,
+                          "train": [s.path for s in sp.train.samples],
+                          "val": [s.path for s in sp.val.samples]}, indent=1))
+    else:
+        print(f"Found {len(index.samples)} files belonging to {len(index.class_names)} classes.")
+        print(f"Using {len(sp.train.samples)} files for training.")
+        print(f"Using {len(sp.val.samples)} files for validation.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgcls",
+        description="Train an image classifier from scratch on a folder of photos "
+                    "(one sub-folder per class), then use it.")
+    parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("scan", help="find, verify and report every photo in a class-per-folder tree",
+                       description="Verify every file by decoding it; report rejected, ignored "
+                                   "and duplicate files. Never modifies DATA_DIR.")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    p.add_argument("--quarantine", metavar="DIR",
+                   help="move rejected files into DIR (outside DATA_DIR) with an undo manifest")
+    _add_scan_options(p)
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("restore", help="put quarantined files back where they came from")
+    p.add_argument("quarantine_dir", metavar="DIR")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("split", help="show the seeded train/validation split")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    _add_split_options(p)
+    p.add_argument("--json", action="store_true", help="print both file lists as JSON")
+    _add_scan_options(p)
+    p.set_defaults(func=cmd_split)
+    return parser
+
+
+def _add_split_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("validation split")
+    g.add_argument("--val-split", type=float, default=0.2, metavar="F",
+                   help="fraction of images for validation (default %(default)s)")
+    g.add_argument("--seed", type=int, default=1337, help="split seed (default %(default)s)")
+    g.add_argument("--split", choices=("stratified", "keras"), default="stratified",
+                   help="stratified by class (default), or exactly the files Keras's "
+                        "image_dataset_from_directory would choose")
+    g.add_argument("--val-dir", metavar="DIR",
+                   help="use this class-per-folder tree for validation instead of a split")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except UserError as exc:
+        from imgcls.fsutil import display
+
+        print(f"imgcls: error: {display(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imgcls: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `imgcls scan --json | head`: the reader went away; not an error worth a traceback.
+        sys.stderr.close()
+        return 0

@@ -1,0 +1,504 @@
+"""Folder of photos -> DatasetIndex: find, verify by really decoding, report; never modify.
+
+Owns: the class-per-folder layout rules, what counts as an image (by content, not by
+extension), the reasons a file is rejected or ignored, duplicate detection, and the per-file
+scan cache that makes a second scan of an unchanged folder nearly free. Moving rejected files
+out of the way is `quarantine.py`'s job; this module only reads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import stat
+import struct
+import sys
+import time
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from imgcls.errors import UserError
+from imgcls.fsutil import atomic_write_json, display, is_within
+
+# File names that look like images: a file with one of these that does not decode is
+# *rejected* (reported as broken); any other file that does not decode is *ignored*.
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .bmp .dib .gif .webp .tif .tiff .ppm .pgm .pbm .pnm "
+    ".tga .ico .heic .heif .avif .jp2 .jxl".split()
+)
+# Written by operating systems and photo tools into photo folders; never user data.
+SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r"})
+SYSTEM_DIRS = frozenset({"__macosx", "@eadir", "$recycle.bin", "system volume information"})
+
+SCAN_CACHE_VERSION = 1
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (~0.25 GB RGBA)
+DEFAULT_MIN_SIDE = 4  # px; narrower images are degenerate (lines, 1x1 tracking pixels)
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    max_pixels: int = DEFAULT_MAX_PIXELS  # width*height above which a file is not decoded
+    min_side: int = DEFAULT_MIN_SIDE  # px; smaller width or height is rejected as degenerate
+    workers: int = 0  # processes; 0 = all cores
+    cache_dir: str | None = None  # None = user cache dir (see default_cache_dir)
+    use_cache: bool = True
+    progress: bool | None = None  # None = only when stderr is a terminal
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str  # relative to the index root, '/'-separated
+    label: int
+    size: int  # bytes
+    mtime_ns: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class FileNote:
+    path: str  # relative to the index root
+    reason: str
+
+
+@dataclass
+class DatasetIndex:
+    root: str  # absolute
+    class_names: list[str]
+    samples: list[Sample]
+    rejected: list[FileNote] = field(default_factory=list)
+    ignored: list[FileNote] = field(default_factory=list)
+    duplicates: list[list[str]] = field(default_factory=list)  # byte-identical groups
+    label_conflicts: list[list[str]] = field(default_factory=list)  # groups across classes
+    fingerprint: str = ""  # of the accepted files: paths, labels, sizes, mtimes
+    stats: dict = field(default_factory=dict)  # this scan only: decoded, from_cache, seconds
+
+    def abspath(self, sample: Sample) -> str:
+        return os.path.join(self.root, sample.path)
+
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    def per_class(self) -> dict[str, int]:
+        counts = Counter(s.label for s in self.samples)
+        return {name: counts.get(i, 0) for i, name in enumerate(self.class_names)}
+
+    def subset(self, positions: list[int]) -> "DatasetIndex":
+        """The same index restricted to samples at `positions` (in that order)."""
+        samples = [self.samples[i] for i in positions]
+        return DatasetIndex(self.root, list(self.class_names), samples,
+                            fingerprint=compute_fingerprint(self.class_names, samples))
+
+    def to_dict(self) -> dict:
+        return {
+            "root": self.root,
+            "classes": self.class_names,
+            "per_class": self.per_class(),
+            "images": len(self.samples),
+            "rejected": [asdict(n) for n in self.rejected],
+            "ignored": [asdict(n) for n in self.ignored],
+            "duplicates": self.duplicates,
+            "label_conflicts": self.label_conflicts,
+            "fingerprint": self.fingerprint,
+            "stats": self.stats,
+            "samples": [asdict(s) for s in self.samples],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetIndex":
+        return cls(
+            root=d["root"],
+            class_names=list(d["classes"]),
+            samples=[Sample(**s) for s in d["samples"]],
+            rejected=[FileNote(**n) for n in d.get("rejected", [])],
+            ignored=[FileNote(**n) for n in d.get("ignored", [])],
+            duplicates=d.get("duplicates", []),
+            label_conflicts=d.get("label_conflicts", []),
+            fingerprint=d.get("fingerprint", ""),
+        )
+
+
+def compute_fingerprint(class_names: list[str], samples: list[Sample]) -> str:
+    h = hashlib.sha256(json.dumps(class_names).encode())
+    for s in samples:
+        h.update(os.fsencode(s.path) + b"\0" + f"{s.label}:{s.size}:{s.mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def default_cache_dir() -> Path:
+    """$IMGCLS_CACHE_DIR, else the platform's user cache folder (~/.cache/imgcls on Linux)."""
+    env = os.environ.get("IMGCLS_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("imgcls"))
+
+
+# ----------------------------------------------------------------------------- listing
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    rel: str
+    label: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    image_name: bool  # has an image extension
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _list_files(root: Path) -> tuple[list[str], list[_Candidate], list[FileNote], list[FileNote]]:
+    """Walk root: class folders, then every file below them, following folder links once.
+
+    Returns (class_names, candidates, rejected, ignored). Candidates still need decoding.
+    """
+    class_names: list[str] = []
+    ignored: list[FileNote] = []
+    rejected: list[FileNote] = []
+    with os.scandir(root) as it:
+        top = sorted(it, key=lambda e: e.name)
+    for e in top:
+        if _is_hidden(e.name):
+            ignored.append(FileNote(e.name, "hidden"))
+        elif e.name.lower() in SYSTEM_DIRS or e.name.lower() in SYSTEM_FILES:
+            ignored.append(FileNote(e.name, "system file"))
+        elif _entry_is_dir(e):
+            class_names.append(e.name)
+        else:
+            ignored.append(FileNote(e.name, "not in a class folder"))
+
+    candidates: list[_Candidate] = []
+    visited: dict[tuple[int, int], str] = {}
+    for label, cls in enumerate(class_names):
+        stack = [(root / cls, cls)]
+        while stack:
+            folder, rel_folder = stack.pop()
+            try:
+                st = os.stat(folder)
+            except OSError as exc:
+                rejected.append(FileNote(rel_folder, f"unreadable folder: {exc.strerror}"))
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in visited:
+                ignored.append(FileNote(rel_folder, f"folder link to {display(visited[key])} "
+                                        "(already scanned; a symlink loop or a second link)"))
+                continue
+            visited[key] = rel_folder
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                rejected.append(FileNote(rel_folder, f"unreadable folder: {exc.strerror}"))
+                continue
+            subdirs = []
+            for e in entries:
+                rel = f"{rel_folder}/{e.name}"
+                lower = e.name.lower()
+                if _is_hidden(e.name):
+                    ignored.append(FileNote(rel, "hidden"))
+                elif lower in SYSTEM_FILES or lower in SYSTEM_DIRS:
+                    ignored.append(FileNote(rel, "system file"))
+                elif _entry_is_dir(e):
+                    subdirs.append((Path(e.path), rel))
+                else:
+                    image_name = os.path.splitext(lower)[1] in IMAGE_EXTENSIONS
+                    try:
+                        st = e.stat()  # follows a file link
+                    except OSError as exc:
+                        note = FileNote(rel, f"unreadable: {_os_reason(exc)}")
+                        (rejected if image_name else ignored).append(note)
+                        continue
+                    if not stat.S_ISREG(st.st_mode):
+                        # FIFOs, sockets, devices: opening a FIFO would block forever.
+                        ignored.append(FileNote(rel, "not a regular file"))
+                        continue
+                    candidates.append(_Candidate(rel, label, st.st_size, st.st_mtime_ns,
+                                                 st.st_ctime_ns, image_name))
+            stack.extend(reversed(subdirs))
+    return class_names, candidates, rejected, ignored
+
+
+def _entry_is_dir(e: os.DirEntry) -> bool:
+    try:
+        return e.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+
+
+def _os_reason(exc: OSError) -> str:
+    import errno
+
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno == errno.ENOENT:
+        return "broken symlink"
+    return exc.strerror or str(exc)
+
+
+# ----------------------------------------------------------------------------- checking
+
+# (status, reason, digest, width, height): status is "ok", "rejected" or "ignored".
+CheckResult = tuple
+
+
+def check_file(path: str, image_name: bool, max_pixels: int, min_side: int) -> CheckResult:
+    """Decide whether one file is a usable still image by decoding all of it.
+
+    Runs in worker processes, so it takes and returns plain values. The file is read once:
+    the same bytes are hashed (for duplicates) and decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    bad = "rejected" if image_name else "ignored"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if not head:
+                return (bad, "empty file", "", 0, 0)
+            if not image_name and not _might_be_image(f, head):
+                return ("ignored", "not an image", "", 0, 0)
+            f.seek(0)
+            data = f.read()
+    except OSError as exc:
+        return (bad, f"unreadable: {_os_reason(exc)}", "", 0, 0)
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: we apply our own limit
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    return ("rejected", f"too large to decode safely: {w}x{h} = "
+                            f"{w * h / 1e6:.1f} MP is over the limit of {max_pixels / 1e6:.1f} MP "
+                            "(decompression bomb guard, --max-pixels)", digest, w, h)
+                if min(w, h) < min_side:
+                    return ("rejected", f"degenerate image: {w}x{h} px "
+                            f"(smaller than --min-side {min_side})", digest, w, h)
+                if im.format == "JPEG":
+                    # Decode at 1/8 scale: the whole entropy-coded stream is still read, so
+                    # truncation and corrupt markers are caught, at a fraction of the cost.
+                    im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                im.load()
+    except Image.DecompressionBombError as exc:
+        return ("rejected", f"too large to decode safely: {exc}", digest, 0, 0)
+    except UnidentifiedImageError:
+        return (bad, _not_an_image_reason(data), digest, 0, 0)
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
+            ZeroDivisionError, MemoryError, TypeError, KeyError) as exc:
+        # Pillow signals corrupt data with a variety of exception types.
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return (bad, f"truncated or corrupt: {msg}", digest, 0, 0)
+    return ("ok", "", digest, w, h)
+
+
+def _might_be_image(f, head: bytes) -> bool:
+    """Cheap content test for files without an image extension (so a 4 GB video is not read)."""
+    from PIL import Image
+
+    try:
+        f.seek(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(f):
+                return True
+    except Exception:
+        return False
+
+
+def _not_an_image_reason(data: bytes) -> str:
+    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftyphevc", b"ftypavif"):
+        return "not decodable: HEIC/HEIF/AVIF image (Pillow needs a plug-in such as pillow-heif)"
+    if data.lstrip()[:5].lower() in (b"<?xml", b"<svg ", b"<svg>"):
+        return "not an image: SVG (vector) file"
+    return "not an image"
+
+
+def _check_chunk(args: tuple) -> list[CheckResult]:
+    paths, flags, max_pixels, min_side = args
+    return [check_file(p, f, max_pixels, min_side) for p, f in zip(paths, flags)]
+
+
+def _run_checks(root: Path, todo: list[_Candidate], opts: ScanOptions) -> list[CheckResult]:
+    """Check files in parallel; results come back in `todo` order."""
+    if not todo:
+        return []
+    workers = opts.workers or os.cpu_count() or 1
+    show = sys.stderr.isatty() if opts.progress is None else opts.progress
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc="scan", unit="file", disable=not show, leave=False)
+    paths = [str(root / c.rel) for c in todo]
+    flags = [c.image_name for c in todo]
+    chunk = 32
+    jobs = [(paths[i:i + chunk], flags[i:i + chunk], opts.max_pixels, opts.min_side)
+            for i in range(0, len(todo), chunk)]
+    results: list[CheckResult] = []
+    try:
+        # A pool costs ~0.3 s to start; below a few chunks one process is faster.
+        if workers == 1 or len(jobs) <= 2:
+            for job in jobs:
+                results.extend(_check_chunk(job))
+                bar.update(len(job[0]))
+        else:
+            # spawn, not fork: the caller may hold threads (torch, tqdm) that fork would break.
+            ctx = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as ex:
+                for res in ex.map(_check_chunk, jobs):
+                    results.extend(res)
+                    bar.update(len(res))
+    finally:
+        bar.close()
+    return results
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _scan_cache_file(cache_dir: Path, root: Path) -> Path:
+    key = hashlib.sha256(os.fsencode(str(root))).hexdigest()[:20]
+    return cache_dir / "scans" / f"{key}.json"
+
+
+def _settings_key(opts: ScanOptions) -> str:
+    return f"v{SCAN_CACHE_VERSION}:max_pixels={opts.max_pixels}:min_side={opts.min_side}"
+
+
+def _load_scan_cache(path: Path, root: Path, settings: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+        if d.get("root") == str(root) and d.get("settings") == settings:
+            return d["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # a missing or damaged cache is simply rebuilt
+    return {}
+
+
+# ----------------------------------------------------------------------------- scan
+
+
+def scan(data_dir: str | os.PathLike, opts: ScanOptions | None = None) -> DatasetIndex:
+    """Scan a class-per-folder tree. Raises UserError for a folder that cannot be used."""
+    opts = opts or ScanOptions()
+    t0 = time.perf_counter()
+    root = Path(data_dir).expanduser()
+    if not root.exists():
+        raise UserError(f"{display(root)}: no such folder")
+    if not root.is_dir():
+        raise UserError(f"{display(root)}: not a folder (expected one sub-folder per class)")
+    root = root.resolve()
+    try:
+        class_names, cands, rejected, ignored = _list_files(root)
+    except PermissionError as exc:
+        raise UserError(f"{display(root)}: cannot read the folder ({exc.strerror})") from None
+    if not class_names:
+        raise UserError(f"{display(root)}: no class folders found (expected one sub-folder "
+                        "per class, e.g. {root}/cat/*.jpg and {root}/dog/*.jpg)".replace(
+                            "{root}", display(root)))
+    if len(class_names) < 2:
+        raise UserError(f"{display(root)}: only one class folder ({display(class_names[0])}); "
+                        "a classifier needs at least two")
+
+    cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
+    if is_within(cache_dir, root):
+        raise UserError(f"cache folder {display(cache_dir)} is inside the data folder; "
+                        "choose one outside it (--cache-dir)")
+    cache_file = _scan_cache_file(cache_dir, root)
+    settings = _settings_key(opts)
+    cached = _load_scan_cache(cache_file, root, settings) if opts.use_cache else {}
+
+    results: dict[str, CheckResult] = {}
+    todo = []
+    for c in cands:
+        hit = cached.get(c.rel)
+        if hit and hit[:3] == [c.size, c.mtime_ns, c.ctime_ns]:
+            results[c.rel] = tuple(hit[3:])
+        else:
+            todo.append(c)
+    for c, res in zip(todo, _run_checks(root, todo, opts)):
+        results[c.rel] = res
+    if opts.use_cache and (todo or len(cached) != len(cands)):
+        new_cache = {c.rel: [c.size, c.mtime_ns, c.ctime_ns, *results[c.rel]] for c in cands}
+        try:
+            atomic_write_json(cache_file, {"root": str(root), "settings": settings,
+                                           "files": new_cache}, indent=None)
+        except OSError as exc:
+            print(f"imgcls: warning: could not write the scan cache {display(cache_file)}: "
+                  f"{exc.strerror}", file=sys.stderr)
+
+    samples: list[Sample] = []
+    by_digest: dict[str, list[_Candidate]] = defaultdict(list)
+    for c in cands:
+        status, reason, digest, w, h = results[c.rel]
+        if status == "ok":
+            samples.append(Sample(c.rel, c.label, c.size, c.mtime_ns, w, h))
+            by_digest[digest].append(c)
+        elif status == "rejected":
+            rejected.append(FileNote(c.rel, reason))
+        else:
+            ignored.append(FileNote(c.rel, reason))
+    duplicates, conflicts = [], []
+    for group in by_digest.values():
+        if len(group) > 1:
+            duplicates.append(sorted(c.rel for c in group))
+            if len({c.label for c in group}) > 1:
+                conflicts.append(sorted(c.rel for c in group))
+    samples.sort(key=lambda s: (s.label, s.path))
+    rejected.sort(key=lambda n: n.path)
+    ignored.sort(key=lambda n: n.path)
+    index = DatasetIndex(str(root), class_names, samples, rejected, ignored,
+                         sorted(duplicates), sorted(conflicts),
+                         compute_fingerprint(class_names, samples),
+                         {"decoded": len(todo), "from_cache": len(cands) - len(todo),
+                          "seconds": round(time.perf_counter() - t0, 3)})
+    empty = [name for name, n in index.per_class().items() if n == 0]
+    if empty:
+        name = empty[0]
+        bad = sum(1 for n in rejected if n.path.startswith(name + "/"))
+        raise UserError(f"class folder {display(root / name)} has no usable image"
+                        + (f" ({bad} rejected; see `imgcls scan {display(root)}`)" if bad else ""))
+    return index
+
+
+def format_report(index: DatasetIndex, limit: int = 20) -> str:
+    """The human summary: Keras's first line, then counts, rejects with reasons, duplicates."""
+    lines = [f"Found {len(index.samples)} files belonging to {len(index.class_names)} classes."]
+    width = max(len(display(c)) for c in index.class_names)
+    for name, n in index.per_class().items():
+        lines.append(f"  {display(name):<{width}}  {n}")
+    for title, notes in (("Rejected", index.rejected), ("Ignored", index.ignored)):
+        if notes:
+            lines.append(f"{title} {len(notes)} file{'s' if len(notes) != 1 else ''}:")
+            shown = notes if title == "Rejected" else notes[:limit]
+            lines += [f"  {display(n.path)}: {n.reason}" for n in shown]
+            if len(shown) < len(notes):
+                lines.append(f"  ... and {len(notes) - len(shown)} more (--json lists all)")
+    if index.duplicates:
+        lines.append(f"Duplicates: {len(index.duplicates)} groups of byte-identical files"
+                     f" ({len(index.label_conflicts)} across classes):")
+        conflict = {tuple(g) for g in index.label_conflicts}
+        for g in index.duplicates[:limit]:
+            tag = "  [label conflict]" if tuple(g) in conflict else ""
+            lines.append("  " + " = ".join(display(p) for p in g) + tag)
+        if len(index.duplicates) > limit:
+            lines.append(f"  ... and {len(index.duplicates) - limit} more (--json lists all)")
+    return "\n".join(lines)
+
+
+def report_dict(index: DatasetIndex) -> dict:
+    """The `scan --json` document (without the per-sample list, which can be 25,000 long)."""
+    d = index.to_dict()
+    d.pop("samples")
+    return d

@@ -1,0 +1,91 @@
+"""Builders of small real images (and broken ones) for tests. Each returns the path."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def pattern(w: int, h: int, seed: int = 0) -> np.ndarray:
+    """A deterministic, non-uniform RGB image (smooth gradients plus noise), HxWx3 uint8."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / max(w - 1, 1), y * 255 / max(h - 1, 1),
+                     (x + y) * 127 / max(w + h - 2, 1)], -1)
+    noise = rng.integers(0, 60, (h, w, 3))
+    return np.clip(base * 0.7 + noise + seed * 17 % 50, 0, 255).astype(np.uint8)
+
+
+def save(path: Path, arr_or_img, fmt: str | None = None, **kw) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = arr_or_img if isinstance(arr_or_img, Image.Image) else Image.fromarray(arr_or_img)
+    img.save(path, fmt, **kw)
+    return path
+
+
+def jpeg(path, w=48, h=40, seed=0, **kw) -> Path:
+    return save(path, pattern(w, h, seed), "JPEG", quality=90, **kw)
+
+
+def jpeg_bytes(w=48, h=40, seed=0, **kw) -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(pattern(w, h, seed)).save(b, "JPEG", quality=90, **kw)
+    return b.getvalue()
+
+
+def strip_app0(data: bytes) -> bytes:
+    """Remove the JFIF APP0 segment, leaving a valid JPEG (as cameras write Exif-only files)."""
+    assert data[:2] == b"\xff\xd8"
+    i = 2
+    out = bytearray(data[:2])
+    while data[i] == 0xFF and data[i + 1] not in (0xDA,):
+        seg_len = struct.unpack(">H", data[i + 2:i + 4])[0]
+        if data[i + 1] != 0xE0:
+            out += data[i:i + 2 + seg_len]
+        i += 2 + seg_len
+    out += data[i:]
+    return bytes(out)
+
+
+def exif_jpeg(path, orientation: int | None = None, jfif: bool = True, w=48, h=32, seed=0) -> Path:
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"  # Make
+    if orientation:
+        exif[0x0112] = orientation
+    data = jpeg_bytes(w, h, seed, exif=exif.tobytes())
+    if not jfif:
+        data = strip_app0(data)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(data)
+    return Path(path)
+
+
+def png_header_only(path, w: int, h: int) -> Path:
+    """A PNG that declares w x h pixels but holds almost no data (a decompression bomb)."""
+    def chunk(kind, payload):
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(data)
+    return Path(path)
+
+
+def animated_gif(path, frames=3, w=32, h=32) -> Path:
+    imgs = [Image.fromarray(pattern(w, h, s)).convert("P") for s in range(frames)]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    imgs[0].save(path, "GIF", save_all=True, append_images=imgs[1:], duration=100, loop=0)
+    return Path(path)
+
+
+def png16(path, w=40, h=30) -> Path:
+    arr = (pattern(w, h)[..., 0].astype(np.uint16) * 257)
+    return save(path, Image.fromarray(arr), "PNG")
