@@ -25,7 +25,7 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-side", type=int, default=DEFAULT_MIN_SIDE, metavar="PX",
                    help="reject images narrower or shorter than this (default %(default)s)")
     g.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="processes for decoding (default: all cores)")
+                   help="threads for decoding (default: all cores)")
     g.add_argument("--cache-dir", metavar="DIR",
                    help="where scan results and image caches live (default: $IMGCLS_CACHE_DIR "
                         "or the user cache folder); never inside the data folder")
@@ -95,6 +95,29 @@ def cmd_split(args) -> int:
     return 0
 
 
+def cmd_show(args) -> int:
+    from imgcls.augment import AugmentConfig
+    from imgcls.fsutil import display
+    from imgcls.preprocess import PreprocessSpec
+    from imgcls.scan import scan
+    from imgcls.show import augment_figure, first_training_images, samples_figure
+    from imgcls.split import split_index, split_with_val_dir
+
+    opts = _scan_options(args)
+    index = scan(args.data_dir, opts)
+    sp = (split_with_val_dir(index, scan(args.val_dir, opts)) if args.val_dir
+          else split_index(index, args.val_split, args.seed, args.split))
+    spec = PreprocessSpec(args.image_size, args.image_size, resize=args.resize)
+    items = first_training_images(index, sp.train, spec, args.seed, 1 if args.augment else 9)
+    if args.augment:
+        cfg = AugmentConfig(flip=not args.no_flip, rotation=args.rotation)
+        augment_figure(items[0][0], cfg, args.seed, args.output, items[0][1])
+    else:
+        samples_figure(items, args.output)
+    print(f"Wrote {display(args.output)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgcls",
@@ -123,6 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print both file lists as JSON")
     _add_scan_options(p)
     p.set_defaults(func=cmd_split)
+    p = sub.add_parser("show", help="draw the first 9 training images, or 9 augmentations of one")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("-o", "--output", default="samples.png", help="PNG file (default %(default)s)")
+    p.add_argument("--augment", action="store_true",
+                   help="show 9 augmentations of the first training image instead")
+    p.add_argument("--image-size", type=int, default=180, metavar="PX")
+    p.add_argument("--resize", choices=("stretch", "crop", "pad"), default="stretch")
+    p.add_argument("--rotation", type=float, default=0.1,
+                   help="rotation factor, a fraction of a full turn (default %(default)s)")
+    p.add_argument("--no-flip", action="store_true")
+    _add_split_options(p)
+    _add_scan_options(p)
+    p.set_defaults(func=cmd_show)
     return parser
 
 

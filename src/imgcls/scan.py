@@ -8,11 +8,9 @@ out of the way is `quarantine.py`'s job; this module only reads.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import stat
 import struct
@@ -25,6 +23,8 @@ from pathlib import Path
 
 from imgcls.errors import UserError
 from imgcls.fsutil import atomic_write_json, display, is_within
+from imgcls.preprocess import DEFAULT_MAX_PIXELS
+from imgcls.runtime import thread_map
 
 # File names that look like images: a file with one of these that does not decode is
 # *rejected* (reported as broken); any other file that does not decode is *ignored*.
@@ -37,7 +37,6 @@ SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desk
 SYSTEM_DIRS = frozenset({"__macosx", "@eadir", "$recycle.bin", "system volume information"})
 
 SCAN_CACHE_VERSION = 1
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (~0.25 GB RGBA)
 DEFAULT_MIN_SIDE = 4  # px; narrower images are degenerate (lines, 1x1 tracking pixels)
 
 
@@ -45,7 +44,7 @@ DEFAULT_MIN_SIDE = 4  # px; narrower images are degenerate (lines, 1x1 tracking 
 class ScanOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS  # width*height above which a file is not decoded
     min_side: int = DEFAULT_MIN_SIDE  # px; smaller width or height is rejected as degenerate
-    workers: int = 0  # processes; 0 = all cores
+    workers: int = 0  # threads; 0 = all cores
     cache_dir: str | None = None  # None = user cache dir (see default_cache_dir)
     use_cache: bool = True
     progress: bool | None = None  # None = only when stderr is a terminal
@@ -256,8 +255,8 @@ CheckResult = tuple
 def check_file(path: str, image_name: bool, max_pixels: int, min_side: int) -> CheckResult:
     """Decide whether one file is a usable still image by decoding all of it.
 
-    Runs in worker processes, so it takes and returns plain values. The file is read once:
-    the same bytes are hashed (for duplicates) and decoded.
+    Runs on worker threads (Pillow and hashlib release the GIL). The file is read once: the
+    same bytes are hashed (for duplicates) and decoded.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -325,42 +324,11 @@ def _not_an_image_reason(data: bytes) -> str:
     return "not an image"
 
 
-def _check_chunk(args: tuple) -> list[CheckResult]:
-    paths, flags, max_pixels, min_side = args
-    return [check_file(p, f, max_pixels, min_side) for p, f in zip(paths, flags)]
-
-
 def _run_checks(root: Path, todo: list[_Candidate], opts: ScanOptions) -> list[CheckResult]:
-    """Check files in parallel; results come back in `todo` order."""
-    if not todo:
-        return []
-    workers = opts.workers or os.cpu_count() or 1
-    show = sys.stderr.isatty() if opts.progress is None else opts.progress
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(todo), desc="scan", unit="file", disable=not show, leave=False)
-    paths = [str(root / c.rel) for c in todo]
-    flags = [c.image_name for c in todo]
-    chunk = 32
-    jobs = [(paths[i:i + chunk], flags[i:i + chunk], opts.max_pixels, opts.min_side)
-            for i in range(0, len(todo), chunk)]
-    results: list[CheckResult] = []
-    try:
-        # A pool costs ~0.3 s to start; below a few chunks one process is faster.
-        if workers == 1 or len(jobs) <= 2:
-            for job in jobs:
-                results.extend(_check_chunk(job))
-                bar.update(len(job[0]))
-        else:
-            # spawn, not fork: the caller may hold threads (torch, tqdm) that fork would break.
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as ex:
-                for res in ex.map(_check_chunk, jobs):
-                    results.extend(res)
-                    bar.update(len(res))
-    finally:
-        bar.close()
-    return results
+    """Check files on a thread pool; results come back in `todo` order."""
+    return thread_map(lambda c: check_file(str(root / c.rel), c.image_name, opts.max_pixels,
+                                           opts.min_side),
+                      todo, opts.workers, desc="scan", unit="file", progress=opts.progress)
 
 
 # ----------------------------------------------------------------------------- cache

@@ -1,0 +1,112 @@
+"""cache: bit-exact pixels, invalidated by any change, never half-built, outside the data."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import images
+from imgcls.cache import build_cache, open_cache
+from imgcls.errors import UserError
+from imgcls.preprocess import PreprocessSpec, load_image
+from imgcls.scan import scan
+
+SPEC = PreprocessSpec(24, 32)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "data"
+    for i in range(14):
+        images.jpeg(root / ("cat" if i % 2 else "dog") / f"{i}.jpg", w=40 + i, h=30 + 2 * i, seed=i)
+    images.save(root / "cat" / "gray.png", images.pattern(20, 50, 99)[..., 0])
+    images.exif_jpeg(root / "dog" / "turned.jpg", orientation=8, seed=5)
+    return root
+
+
+def test_cache_pixels_equal_preprocess_output_bit_for_bit(tree, tmp_path):
+    index = scan(tree)
+    for workers in (1, 2):
+        cache = build_cache(index, SPEC, tmp_path / f"c{workers}", workers=workers)
+        arr = cache.images()
+        assert arr.shape == (len(index.samples), 24, 32, 3) and arr.dtype == np.uint8
+        for row, s in enumerate(index.samples):
+            assert np.array_equal(arr[row], load_image(index.abspath(s), SPEC)), s.path
+        assert cache.labels.tolist() == index.labels
+        assert cache.paths == [s.path for s in index.samples]
+        assert not cache.reused
+
+
+def test_reused_when_unchanged_rebuilt_when_anything_changes(tree, tmp_path):
+    c = tmp_path / "c"
+    first = build_cache(scan(tree), SPEC, c)
+    again = build_cache(scan(tree), SPEC, c)
+    assert again.reused and again.folder == first.folder
+
+    other_spec = build_cache(scan(tree), PreprocessSpec(16, 16), c)
+    assert not other_spec.reused and other_spec.folder != first.folder
+
+    images.jpeg(tree / "cat" / "1.jpg", w=41, h=32, seed=1234)  # content changed
+    os.utime(tree / "cat" / "1.jpg", ns=(1, 1))
+    changed = build_cache(scan(tree), SPEC, c)
+    assert not changed.reused
+    row = changed.paths.index("cat/1.jpg")
+    assert np.array_equal(changed.images()[row], load_image(tree / "cat" / "1.jpg", SPEC))
+
+    images.jpeg(tree / "dog" / "new.jpg", seed=77)  # added
+    added = build_cache(scan(tree), SPEC, c)
+    assert not added.reused and "dog/new.jpg" in added.paths
+
+    (tree / "dog" / "0.jpg").unlink()  # removed
+    removed = build_cache(scan(tree), SPEC, c)
+    assert not removed.reused and "dog/0.jpg" not in removed.paths
+    # Stale caches of the same folder and spec are cleaned up; the other spec's stays.
+    assert sorted(p.name for p in (c / "images").iterdir()) == sorted(
+        [removed.folder.name, other_spec.folder.name])
+
+
+def test_file_broken_after_the_scan_is_left_out_not_fatal(tree, tmp_path, capsys):
+    index = scan(tree)
+    (tree / "cat" / "3.jpg").write_bytes(b"\xff\xd8\xff garbage now")
+    cache = build_cache(index, SPEC, tmp_path / "c")
+    assert [d.path for d in cache.dropped] == ["cat/3.jpg"]
+    assert "cat/3.jpg" in capsys.readouterr().err
+    row = cache.paths.index("cat/3.jpg")
+    assert cache.labels[row] == -1 and row not in cache.rows
+    assert len(cache.rows) == len(index.samples) - 1
+
+
+def test_killed_build_leaves_no_usable_cache(tree, tmp_path):
+    """kill -9 in the middle of a build: nothing that looks like a cache is left."""
+    for i in range(300):  # PNGs (no reduced decode): enough work to be killed mid-build
+        images.save(tree / "dog" / f"more{i}.png", images.pattern(256, 256, 1000 + i))
+    scan(tree)  # so the child's scan is answered from the scan cache
+    c = tmp_path / "c"
+    code = ("import sys; from imgcls.scan import scan; from imgcls.cache import build_cache; "
+            "from imgcls.preprocess import PreprocessSpec; "
+            f"build_cache(scan(sys.argv[1]), PreprocessSpec(24, 32), sys.argv[2], workers=1)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tree), str(c)])
+    deadline = time.time() + 60
+    while time.time() < deadline and not any((c / "images").glob("*.tmp-*/images.npy")):
+        time.sleep(0.005)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    leftovers = list((c / "images").iterdir())
+    assert leftovers and all(".tmp-" in p.name for p in leftovers)  # killed mid-build
+    for p in leftovers:
+        with pytest.raises(ValueError):
+            open_cache(p)
+    cache = build_cache(scan(tree), SPEC, c)  # the next build is clean and cleans up
+    assert not cache.reused and [p.name for p in (c / "images").iterdir()] == [cache.folder.name]
+
+
+def test_cache_inside_data_folder_is_refused(tree):
+    with pytest.raises(UserError, match="inside the data folder"):
+        build_cache(scan(tree), SPEC, tree / "cat")
