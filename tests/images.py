@@ -89,3 +89,15 @@ def animated_gif(path, frames=3, w=32, h=32) -> Path:
 def png16(path, w=40, h=30) -> Path:
     arr = (pattern(w, h)[..., 0].astype(np.uint16) * 257)
     return save(path, Image.fromarray(arr), "PNG")
+
+
+def two_class_tree(root, n_per_class: int = 16, size: int = 40, classes=("cat", "dog")) -> Path:
+    """A small learnable data set: each class has its own dominant colour, plus noise."""
+    root = Path(root)
+    tints = [(200, 60, 60), (60, 60, 200), (60, 200, 60), (200, 200, 60)]
+    for c, name in enumerate(classes):
+        for i in range(n_per_class):
+            arr = pattern(size, size, seed=1000 * c + i).astype(np.int16) // 3
+            arr = np.clip(arr + np.array(tints[c], dtype=np.int16), 0, 255).astype(np.uint8)
+            save(root / name / f"{name}.{i}.jpg", arr, "JPEG", quality=92)
+    return root

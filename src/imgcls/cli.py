@@ -118,6 +118,127 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_summary(args) -> int:
+    from imgcls.models import ModelConfig, create_model
+    from imgcls.models.summary import summary
+
+    opts = {"single_logit": True} if args.single_logit else {}
+    try:
+        model = create_model(ModelConfig(args.model, args.num_classes, opts))
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from None
+    if args.image_size < getattr(model, "min_size", 1):
+        raise UserError(f"image size {args.image_size} px is too small for {args.model}: "
+                        f"it needs at least {model.min_size} px")
+    print(summary(model, (args.image_size, args.image_size)))
+    return 0
+
+
+def _train_overrides(args) -> dict:
+    from dataclasses import fields
+
+    from imgcls.config import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def cmd_train(args) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    from imgcls.config import TrainConfig, resolve
+    from imgcls.fsutil import display
+
+    overrides = _train_overrides(args)
+    if args.resume:
+        run = Path(args.resume)
+        try:
+            saved = json.loads((run / "config.json").read_text())
+        except (OSError, ValueError):
+            raise UserError(f"{display(run)}: not a run folder (no readable config.json)") from None
+        base = TrainConfig(**saved)
+        # Only the length of the run may change on resume; everything else is the run's own.
+        changed = {k: v for k, v in overrides.items() if k not in ("epochs", "data_dir")
+                   and v != getattr(base, k) and k not in ("device", "threads", "compile")}
+        if changed:
+            raise UserError(f"--resume continues a run with its own settings; cannot change "
+                            f"{', '.join(sorted(changed))}")
+        cfg = resolve({k: v for k, v in overrides.items() if k != "data_dir" or v}, base=base)
+        out = run
+    else:
+        if not args.data_dir:
+            raise UserError("give a DATA_DIR to train on (or --resume RUN_DIR)")
+        cfg = resolve(overrides, args.preset, args.config)
+        out = Path(args.out or f"runs/{Path(cfg.data_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from imgcls.train import fit
+
+    result = fit(cfg, out, resume=bool(args.resume))
+    if result.interrupted:
+        return 130
+    if result.history:
+        b = result.history[result.best_epoch - 1]
+        print(f"Best: epoch {result.best_epoch}, val_accuracy {b['val_accuracy']:.4f}. "
+              f"Run folder: {display(result.run_dir)}")
+    return 0
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from imgcls.config import CHOICES, PRESETS
+
+    d = p.add_argument_group("data")
+    d.add_argument("--val-dir", dest="val_dir", metavar="DIR",
+                   help="validation folder (one sub-folder per class) instead of a split")
+    d.add_argument("--val-split", dest="val_split", type=float, metavar="F",
+                   help="fraction held out for validation (default 0.2)")
+    d.add_argument("--split", choices=CHOICES["split"], help="split method (default stratified)")
+    d.add_argument("--image-size", dest="image_size", type=int, metavar="PX",
+                   help="square input size in pixels (default 180)")
+    d.add_argument("--resize", choices=CHOICES["resize"], help="default stretch (as Keras)")
+    d.add_argument("--cache-dir", dest="cache_dir", metavar="DIR")
+    d.add_argument("--max-pixels", dest="max_pixels", type=int, metavar="N")
+    m = p.add_argument_group("model and optimisation")
+    m.add_argument("--model", help="network name (imgcls summary --list; default xception)")
+    m.add_argument("--epochs", type=int, help="default 25")
+    m.add_argument("--batch-size", dest="batch_size", type=int, metavar="N",
+                   help="global batch size (default 128; per rank = global / world size)")
+    m.add_argument("--optimizer", choices=CHOICES["optimizer"], help="default adam")
+    m.add_argument("--lr", type=float, help="peak learning rate (default 3e-4)")
+    m.add_argument("--weight-decay", dest="weight_decay", type=float)
+    m.add_argument("--schedule", choices=CHOICES["schedule"], help="default constant")
+    m.add_argument("--warmup-epochs", dest="warmup_epochs", type=float)
+    m.add_argument("--label-smoothing", dest="label_smoothing", type=float)
+    m.add_argument("--class-weights", dest="class_weights", choices=CHOICES["class_weights"])
+    a = p.add_argument_group("augmentation")
+    a.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flip (default on)")
+    a.add_argument("--rotation", type=float, help="fraction of a full turn (default 0.1)")
+    a.add_argument("--zoom", type=float)
+    a.add_argument("--translate", type=float)
+    a.add_argument("--brightness", type=float)
+    a.add_argument("--contrast", type=float)
+    r = p.add_argument_group("run control")
+    r.add_argument("--seed", type=int, help="default 1337")
+    r.add_argument("--monitor", choices=CHOICES["monitor"],
+                   help="metric that picks best.safetensors (default val_accuracy)")
+    r.add_argument("--patience", type=int, help="early stopping patience in epochs (0 = off)")
+    r.add_argument("--keep", type=int, help="epoch checkpoints to keep (0 = all)")
+    r.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="validate with flip test-time augmentation")
+    h = p.add_argument_group("hardware")
+    h.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    h.add_argument("--amp", choices=CHOICES["amp"], help="mixed precision (default: bf16 on CUDA)")
+    h.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    h.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
+                   default=None)
+    h.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    h.add_argument("--sync-bn", dest="sync_bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="synchronise BatchNorm across DDP ranks")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe (default tutorial)")
+    p.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgcls",
@@ -159,6 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_options(p)
     _add_scan_options(p)
     p.set_defaults(func=cmd_show)
+    p = sub.add_parser("summary", help="print a network's layers, output shapes and parameters")
+    p.add_argument("--model", default="xception")
+    p.add_argument("--image-size", type=int, default=180, metavar="PX")
+    p.add_argument("--num-classes", type=int, default=2, metavar="C")
+    p.add_argument("--single-logit", action="store_true",
+                   help="one logit for two classes, as the Keras tutorial (2,731,065 parameters)")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("train", help="train a classifier from scratch on a class-per-folder tree",
+                       description="Scan, split, cache and train. Defaults are the Keras "
+                                   "tutorial's recipe; flags override a --config file and a --preset.")
+    p.add_argument("data_dir", metavar="DATA_DIR", nargs="?")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/DATA-DATE-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 

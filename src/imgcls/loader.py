@@ -71,10 +71,11 @@ class BatchLoader:
         self.device = torch.device(device)
         self.pin = self.device.type == "cuda"
         self.epoch = 0
+        self.start_batch = 0  # skip this many batches of the epoch (resuming mid-epoch)
         self._labels = torch.from_numpy(cache.labels)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
 
     def order(self) -> np.ndarray:
         """This rank's rows for the current epoch, in reading order."""
@@ -106,7 +107,7 @@ class BatchLoader:
         return out, labels.pin_memory() if self.pin else labels
 
     def __iter__(self) -> Iterator[Batch]:
-        batches = self._batches()
+        batches = self._batches()[self.start_batch:]
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         done = object()

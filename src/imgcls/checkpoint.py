@@ -1,0 +1,161 @@
+"""Checkpoint files: safetensors tensors + JSON metadata, written atomically, checksummed.
+
+Owns the one file format a trained model lives in. A checkpoint is a single .safetensors
+file: tensors named `model.*` (the weights and BatchNorm statistics) and, for a resumable
+checkpoint, `train.*` (optimizer moments, RNG states); its safetensors metadata holds JSON:
+class names, preprocess spec, model config, epoch, metrics, format version, and for resume
+the optimizer's hyper-parameters and counters. Loading never unpickles anything.
+
+One file means one atomic rename: a kill at any instant leaves the previous file whole.
+A SHA-256 over every tensor's bytes, stored in the metadata, catches truncated or damaged
+files that would otherwise load as garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from imgcls import __version__
+from imgcls.errors import UserError
+from imgcls.fsutil import atomic_write_bytes, display
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file that is not a complete, intact imgcls checkpoint."""
+
+
+@dataclass
+class Checkpoint:
+    weights: dict[str, torch.Tensor]
+    meta: dict  # class_names, preprocess, model, epoch, step, metrics, config, ...
+    train_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    train_meta: dict = field(default_factory=dict)
+
+    @property
+    def resumable(self) -> bool:
+        return bool(self.train_meta)
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(name.encode() + b"\0" + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def to_bytes(ckpt: Checkpoint) -> bytes:
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in ckpt.weights.items()}
+    tensors.update({f"train.{k}": v.detach().contiguous().cpu()
+                    for k, v in ckpt.train_tensors.items()})
+    meta = dict(ckpt.meta, format_version=FORMAT_VERSION, imgcls_version=__version__,
+                torch_version=torch.__version__)
+    metadata = {"imgcls": json.dumps(meta), "imgcls_train": json.dumps(ckpt.train_meta),
+                "sha256": _digest(tensors)}
+    return st_save(tensors, metadata=metadata)
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
+    """Write atomically. A full disk raises UserError; the previous file stays intact."""
+    data = to_bytes(ckpt)
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        import errno
+
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise UserError(f"disk full while saving {display(path)} ({exc.strerror}); the "
+                            "previous checkpoint is intact: free some space and resume") from None
+        raise
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The JSON metadata only (cheap: reads the header)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["imgcls"])
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{display(path)}: not an imgcls checkpoint ({exc})") from None
+
+
+def load_checkpoint(path: str | os.PathLike, train_state: bool = True) -> Checkpoint:
+    """Load and verify a checkpoint file; raises CheckpointError if damaged or foreign."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{display(path)}: cannot read ({exc.strerror})") from None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = st_load(data)
+        meta = json.loads(metadata["imgcls"])
+        train_meta = json.loads(metadata.get("imgcls_train") or "{}")
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{display(path)}: truncated or not an imgcls checkpoint "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                              ) from None
+    if metadata.get("sha256") != _digest(tensors):
+        raise CheckpointError(f"{display(path)}: damaged (checksum mismatch)")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{display(path)}: written by a newer imgcls "
+                              f"({meta.get('imgcls_version')}); upgrade imgcls to read it")
+    weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    train = {k[6:]: v for k, v in tensors.items() if k.startswith("train.")} if train_state else {}
+    return Checkpoint(weights, meta, train, train_meta if train_state else {})
+
+
+# ----------------------------------------------------------------------------- run folders
+
+LAST, BEST, EPOCHS = "last.safetensors", "best.safetensors", "checkpoints"
+
+
+def epoch_path(run_dir: str | os.PathLike, epoch: int) -> Path:
+    return Path(run_dir) / EPOCHS / f"epoch_{epoch:03d}.safetensors"
+
+
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run folder (its best checkpoint, else its last)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in (BEST, LAST):
+            if (p / name).is_file():
+                return p / name
+        raise UserError(f"{display(p)}: no {BEST} or {LAST} in this folder (not a run folder?)")
+    if not p.exists():
+        raise UserError(f"{display(p)}: no such checkpoint or run folder")
+    return p
+
+
+def find_resumable(run_dir: str | os.PathLike) -> tuple[Checkpoint, Path, list[str]]:
+    """The newest intact resumable checkpoint of a run: last, else the newest epoch file.
+
+    Returns (checkpoint, its path, warnings about damaged files that were skipped).
+    """
+    run = Path(run_dir)
+    candidates = [run / LAST] + sorted((run / EPOCHS).glob("epoch_*.safetensors"), reverse=True)
+    skipped = []
+    for p in candidates:
+        if not p.exists():
+            continue
+        try:
+            ckpt = load_checkpoint(p)
+        except CheckpointError as exc:
+            skipped.append(str(exc))
+            continue
+        if ckpt.resumable:
+            return ckpt, p, skipped
+    raise UserError(f"{display(run)}: no intact checkpoint to resume from"
+                    + (f" ({'; '.join(skipped)})" if skipped else ""))

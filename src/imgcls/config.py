@@ -1,0 +1,150 @@
+"""TrainConfig: everything a training run needs, with units; from defaults, a file, flags.
+
+Owns the run's settings and their precedence: built-in defaults (the Keras tutorial's
+recipe) < a preset (`--preset cpu`) < a config file (`--config run.toml` or .json) < flags.
+The resolved config is written into the run folder and is what `--resume` reads back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+from imgcls.errors import UserError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    data_dir: str = ""
+    val_dir: str | None = None  # a separate class-per-folder tree for validation
+    val_split: float = 0.2  # fraction of data_dir for validation (ignored with val_dir)
+    split: str = "stratified"  # "stratified" or "keras"
+    image_size: int = 180  # px, square
+    resize: str = "stretch"  # "stretch" (Keras), "crop" or "pad"
+    cache_dir: str | None = None  # None = the user cache folder
+    max_pixels: int = 89_478_485  # decompression-bomb guard, pixels
+    # model
+    model: str = "xception"
+    model_options: dict = field(default_factory=dict)  # builder kwargs (widths, dropout)
+    # optimisation
+    epochs: int = 25
+    batch_size: int = 128  # global: split evenly across DDP ranks
+    optimizer: str = "adam"  # "adam", "adamw" or "sgd"
+    lr: float = 3e-4  # peak learning rate
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    schedule: str = "constant"  # "constant", "cosine" or "onecycle"
+    warmup_epochs: float = 0.0  # linear warm-up, epochs (fractions allowed)
+    label_smoothing: float = 0.0
+    class_weights: str = "none"  # "none" or "balanced" (inverse class frequency)
+    # augmentation (training only)
+    flip: bool = True
+    rotation: float = 0.1  # fraction of a full turn (0.1 = +-36 degrees)
+    zoom: float = 0.0
+    translate: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    # run control
+    seed: int = 1337
+    monitor: str = "val_accuracy"  # metric that picks the best checkpoint
+    patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
+    keep: int = 0  # epoch checkpoints to keep (newest); 0 = all
+    # hardware
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+    amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU), "bf16", "fp16", "off"
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = True
+    threads: int = 0  # CPU threads for torch; 0 = all available cores
+    sync_bn: bool = False  # synchronise BatchNorm statistics across DDP ranks
+    tta: bool = False  # evaluate with horizontal-flip test-time augmentation
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+CHOICES = {
+    "split": ("stratified", "keras"),
+    "resize": ("stretch", "crop", "pad"),
+    "optimizer": ("adam", "adamw", "sgd"),
+    "schedule": ("constant", "cosine", "onecycle"),
+    "class_weights": ("none", "balanced"),
+    "monitor": ("val_accuracy", "val_loss", "accuracy", "loss"),
+    "amp": ("auto", "bf16", "fp16", "off"),
+}
+
+# Named recipes; the default is the Keras tutorial's. Filled in by measurement (BENCHMARKS.md).
+PRESETS: dict[str, dict] = {
+    "tutorial": {},
+}
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise UserError(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                            f"not {getattr(cfg, name)!r}")
+    checks = [
+        (cfg.image_size >= 1, "image size must be a positive number of pixels"),
+        (cfg.epochs >= 1, "epochs must be at least 1"),
+        (cfg.batch_size >= 1, "batch size must be at least 1"),
+        (cfg.lr > 0, "learning rate must be positive"),
+        (0 < cfg.val_split < 1 or cfg.val_dir, "val-split must be between 0 and 1"),
+        (0 <= cfg.label_smoothing < 1, "label smoothing must be in [0, 1)"),
+        (cfg.rotation >= 0 and cfg.zoom >= 0 and cfg.translate >= 0,
+         "augmentation strengths must be >= 0"),
+        (cfg.keep >= 0 and cfg.patience >= 0, "keep and patience must be >= 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    return cfg
+
+
+def load_file(path: str) -> dict:
+    """Read a config file: TOML (.toml) or JSON; unknown keys are an error."""
+    try:
+        if path.endswith(".toml"):
+            import tomllib
+
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        else:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such config file") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read config ({exc})") from None
+    return check_keys(data, path)
+
+
+def check_keys(data: dict, where: str) -> dict:
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    return data
+
+
+def resolve(overrides: dict, preset: str | None = None, config_file: str | None = None,
+            base: TrainConfig | None = None) -> TrainConfig:
+    """defaults (or base) < preset < file < overrides (None values are ignored)."""
+    values = (base or TrainConfig()).to_dict()
+    if preset:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    if config_file:
+        values.update(load_file(config_file))
+    values.update({k: v for k, v in check_keys(overrides, "flags").items() if v is not None})
+    if values.get("data_dir"):
+        values["data_dir"] = os.path.abspath(os.path.expanduser(values["data_dir"]))
+    if values.get("val_dir"):
+        values["val_dir"] = os.path.abspath(os.path.expanduser(values["val_dir"]))
+    return validate(TrainConfig(**values))

@@ -1,0 +1,94 @@
+"""torchrun / DistributedDataParallel set-up and the few rank-aware helpers training needs.
+
+Owns the process group. Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment)
+it joins the group with NCCL on CUDA and Gloo on the CPU; alone it is a no-op world of one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from imgcls.errors import UserError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    backend: str = ""
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init(device_kind: str, timeout_s: float = 600) -> World:
+    """Join the process group if launched by torchrun; otherwise a world of one."""
+    if not launched_by_torchrun():
+        return World()
+    size = int(os.environ["WORLD_SIZE"])
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if size == 1:
+        return World(rank, size, local)
+    backend = "nccl" if device_kind == "cuda" else "gloo"
+    if not dist.is_initialized():
+        kwargs = {}
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+            kwargs["device_id"] = torch.device("cuda", local)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    return World(rank, size, local, backend)
+
+
+def shutdown(world: World) -> None:
+    if world.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(world: World, t: torch.Tensor) -> torch.Tensor:
+    if world.active:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier(world: World) -> None:
+    if world.active:
+        dist.barrier()
+
+
+def broadcast_object(world: World, obj):
+    """Rank 0's object on every rank."""
+    if not world.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def check_consistent(world: World, items: dict) -> None:
+    """Every rank must agree on `items` (versions, data fingerprint, batch size...)."""
+    if not world.active:
+        return
+    gathered: list = [None] * world.size
+    dist.all_gather_object(gathered, items)
+    for rank, other in enumerate(gathered):
+        diff = sorted(k for k in items if other.get(k) != gathered[0].get(k))
+        if diff:
+            k = diff[0]
+            raise UserError(f"inconsistent launch: rank {rank} has {k}={other.get(k)!r} but rank 0 "
+                            f"has {gathered[0].get(k)!r} (same data, cache and versions on every node?)")

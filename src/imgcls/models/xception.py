@@ -1,0 +1,123 @@
+"""The Keras tutorial's small Xception network, layer for layer, in PyTorch.
+
+Owns the seed network. Keras's "same" padding pads the bottom/right more than the top/left
+when a stride-2 window does not fit evenly; PyTorch pads symmetrically. We reproduce Keras's
+windows exactly (asymmetric pad for the entry conv, ceil_mode pooling), so shapes, parameter
+counts (2,722,777 trainable + 8,288 BatchNorm statistics with one logit) and sampling
+positions all match the tutorial. BatchNorm uses Keras's momentum (0.99) and epsilon (1e-3).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BN_EPS, BN_MOMENTUM = 1e-3, 0.01  # Keras: epsilon=1e-3, momentum=0.99 (= 1 - 0.01 here)
+
+
+def bn(c: int, momentum: float = BN_MOMENTUM) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=BN_EPS, momentum=momentum)
+
+
+def same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """(before, after) padding of Keras/TF "same" for one dimension."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class Rescale(nn.Module):
+    """Keras's Rescaling(1/255): the model takes uint8 or 0-255 floats."""
+
+    def __init__(self, scale: float = 1 / 255):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            x = x.float()
+        return x * self.scale
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:.6g}"
+
+
+class SameConv(nn.Conv2d):
+    """Conv2d with Keras "same" padding, also for stride 2 (pads bottom/right when uneven)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = self.kernel_size[0], self.stride[0]
+        (t, b), (l, r) = same_pad(x.shape[-2], k, s), same_pad(x.shape[-1], k, s)
+        if t == b and l == r:
+            return F.conv2d(x, self.weight, self.bias, self.stride, (t, l))
+        return F.conv2d(F.pad(x, (l, r, t, b)), self.weight, self.bias, self.stride)
+
+
+class SameMaxPool(nn.Module):
+    """MaxPooling2D(3, strides=2, padding="same") with Keras's windows.
+
+    For an even size Keras pads one row at the bottom: that is ceil_mode with no padding. For
+    an odd size it pads one on each side: padding=1 (ceil_mode then changes nothing).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ph, pw = x.shape[-2] % 2, x.shape[-1] % 2
+        return F.max_pool2d(x, 3, 2, (ph, pw), ceil_mode=True)
+
+
+class SeparableConv(nn.Sequential):
+    """Keras SeparableConv2D: depthwise 3x3 (no bias) then pointwise 1x1 (with bias)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3):
+        super().__init__(
+            nn.Conv2d(cin, cin, kernel, padding=kernel // 2, groups=cin, bias=False),
+            nn.Conv2d(cin, cout, 1, bias=True))
+
+
+class XBlock(nn.Module):
+    """[ReLU, SepConv, BN] x 2, MaxPool 3/2, plus a 1x1 stride-2 projection of the input."""
+
+    def __init__(self, cin: int, cout: int, bn_momentum: float = BN_MOMENTUM):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReLU(), SeparableConv(cin, cout), bn(cout, bn_momentum),
+            nn.ReLU(), SeparableConv(cout, cout), bn(cout, bn_momentum),
+            SameMaxPool())
+        self.residual = nn.Conv2d(cin, cout, 1, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.residual(x)
+
+
+class Xception(nn.Module):
+    """The tutorial network; widths are parameters so smaller variants reuse the code."""
+
+    def __init__(self, num_classes: int, entry: int = 128, blocks=(256, 512, 728),
+                 exit_width: int = 1024, dropout: float = 0.25, single_logit: bool = False,
+                 bn_momentum: float = BN_MOMENTUM):
+        super().__init__()
+        self.num_logits = 1 if single_logit else num_classes
+        self.rescale = Rescale()
+        self.stem = nn.Sequential(SameConv(3, entry, 3, stride=2), bn(entry, bn_momentum), nn.ReLU())
+        chans = [entry, *blocks]
+        self.blocks = nn.Sequential(*[XBlock(a, b, bn_momentum) for a, b in zip(chans, chans[1:])])
+        self.exit = nn.Sequential(SeparableConv(chans[-1], exit_width), bn(exit_width, bn_momentum),
+                                  nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(exit_width, self.num_logits)
+        self.min_size = 2 ** (1 + len(blocks))  # every stride-2 stage keeps >= 1 pixel
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.rescale(x)  # (B, 3, H, W) in 0..1
+        x = self.stem(x)  # (B, entry, H/2, W/2)
+        x = self.blocks(x)  # (B, blocks[-1], H/16, W/16) for three blocks
+        return self.exit(x)  # (B, exit_width, H/16, W/16)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(x).flatten(1)  # (B, exit_width)
+        return self.fc(self.dropout(x))  # (B, num_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,49 @@
+"""checkpoint: round trip without pickle, damage detected, run folder resolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from imgcls.checkpoint import (Checkpoint, CheckpointError, load_checkpoint, read_metadata,
+                               save_checkpoint)
+
+
+def make() -> Checkpoint:
+    torch.manual_seed(0)
+    w = {"conv.weight": torch.randn(4, 3, 3, 3).to(memory_format=torch.channels_last),
+         "bn.num_batches_tracked": torch.tensor(7)}
+    return Checkpoint(w, {"class_names": ["a", "b"], "epoch": 3},
+                      {"optim.0.exp_avg": torch.randn(5), "rng.cpu": torch.get_rng_state()},
+                      {"epoch": 3, "step": 0})
+
+
+def test_round_trip(tmp_path):
+    p = tmp_path / "c.safetensors"
+    save_checkpoint(p, make())
+    back = load_checkpoint(p)
+    assert torch.equal(back.weights["conv.weight"], make().weights["conv.weight"])
+    assert back.weights["bn.num_batches_tracked"].item() == 7
+    assert back.meta["class_names"] == ["a", "b"] and back.meta["format_version"] == 1
+    assert back.resumable and back.train_meta["epoch"] == 3
+    assert read_metadata(p)["epoch"] == 3
+    light = load_checkpoint(p, train_state=False)
+    assert not light.resumable and not light.train_tensors
+    assert b"pickle" not in p.read_bytes()[:200]
+
+
+def test_truncated_or_flipped_bytes_are_detected(tmp_path):
+    p = tmp_path / "c.safetensors"
+    save_checkpoint(p, make())
+    data = p.read_bytes()
+    p.write_bytes(data[:-100])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(p)
+    bad = bytearray(data)
+    bad[-20] ^= 0xFF
+    p.write_bytes(bytes(bad))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(p)
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(p)
