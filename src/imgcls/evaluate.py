@@ -1,0 +1,175 @@
+"""Checkpoint + labelled images -> EvalReport: loss, accuracy, per-class scores, confusion
+matrix, ROC AUC (two classes) and the top losses.
+
+Owns the metrics. Predictions come from predict.Predictor, so evaluation sees exactly what a
+user's `imgcls predict` would. The few metrics are computed here with NumPy (no scikit-learn
+for a confusion matrix and a rank-based AUC).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from imgcls.errors import UserError
+from imgcls.fsutil import display
+from imgcls.predict import Predictor
+
+
+@dataclass
+class EvalReport:
+    accuracy: float
+    loss: float  # mean cross-entropy (natural log)
+    class_names: list[str]
+    per_class: dict[str, dict]  # name -> precision, recall, f1, support
+    confusion_matrix: list[list[int]]  # rows = true class, columns = predicted
+    roc_auc: float | None  # two classes: AUC of P(second class); None otherwise
+    images: int
+    failed: list[dict] = field(default_factory=list)  # files that could not be read
+    top_losses: list[dict] = field(default_factory=list)  # path, true, predicted, p_true, loss
+    data: str = ""
+    tta: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def confusion(labels: np.ndarray, preds: np.ndarray, n: int) -> np.ndarray:
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (labels, preds), 1)
+    return cm
+
+
+def per_class_scores(cm: np.ndarray, names: list[str]) -> dict[str, dict]:
+    out = {}
+    for i, name in enumerate(names):
+        tp = int(cm[i, i])
+        support, predicted = int(cm[i].sum()), int(cm[:, i].sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[name] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    return out
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve = P(score of a positive > score of a negative), ties 1/2."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if not len(pos) or not len(neg):
+        return None
+    order = np.argsort(np.concatenate([neg, pos]), kind="mergesort")
+    allv = np.concatenate([neg, pos])[order]
+    ranks = np.empty(len(allv))
+    # average ranks over ties
+    i = 0
+    while i < len(allv):
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[i:j + 1] = (i + j) / 2 + 1
+        i = j + 1
+    r = np.empty(len(allv))
+    r[order] = ranks
+    pos_ranks = r[len(neg):].sum()
+    return float((pos_ranks - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def evaluate(predictor: Predictor, items: list[tuple[str, int]], names: list[str] | None = None,
+             tta: bool = False, batch_size: int = 32, top_k_losses: int = 9,
+             progress: bool | None = False) -> EvalReport:
+    """items: (file path, label index in predictor.class_names)."""
+    preds = predictor.predict([p for p, _ in items], batch_size=batch_size, tta=tta,
+                              names=names, progress=progress)
+    classes = predictor.class_names
+    ok = [i for i, p in enumerate(preds) if p.error is None]
+    failed = [{"path": preds[i].path, "reason": preds[i].error} for i in range(len(preds))
+              if preds[i].error is not None]
+    if not ok:
+        raise UserError("no image could be evaluated" + (f" ({failed[0]['path']}: "
+                                                         f"{failed[0]['reason']})" if failed else ""))
+    labels = np.array([items[i][1] for i in ok])
+    probs = np.array([[preds[i].probabilities[c] for c in classes] for i in ok])
+    predicted = probs.argmax(1)
+    p_true = np.clip(probs[np.arange(len(ok)), labels], 1e-12, 1.0)
+    losses = -np.log(p_true)
+    cm = confusion(labels, predicted, len(classes))
+    worst = np.argsort(-losses, kind="stable")[:top_k_losses]
+    top = [{"path": preds[ok[i]].path, "true": classes[labels[i]],
+            "predicted": classes[predicted[i]], "p_true": float(p_true[i]),
+            "p_predicted": float(probs[i, predicted[i]]), "loss": float(losses[i])} for i in worst]
+    return EvalReport(
+        accuracy=float((predicted == labels).mean()), loss=float(losses.mean()),
+        class_names=classes, per_class=per_class_scores(cm, classes),
+        confusion_matrix=cm.tolist(),
+        roc_auc=roc_auc(labels, probs[:, 1]) if len(classes) == 2 else None,
+        images=len(ok), failed=failed, top_losses=top, tta=tta)
+
+
+def format_report(r: EvalReport) -> str:
+    w = max(12, max(len(c) for c in r.class_names) + 2)
+    lines = [f"Evaluated {r.images} images" + (f" from {display(r.data)}" if r.data else "")
+             + (" (with flip TTA)" if r.tta else ""),
+             f"accuracy {r.accuracy:.4f}   loss {r.loss:.4f}"
+             + (f"   ROC AUC {r.roc_auc:.4f}" if r.roc_auc is not None else ""), "",
+             f"{'class':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for name, s in r.per_class.items():
+        lines.append(f"{display(name):<{w}}{s['precision']:>10.4f}{s['recall']:>10.4f}"
+                     f"{s['f1']:>10.4f}{s['support']:>10d}")
+    lines += ["", "confusion matrix (rows = true, columns = predicted):",
+              " " * w + "".join(f"{display(c)[:9]:>10}" for c in r.class_names)]
+    for name, row in zip(r.class_names, r.confusion_matrix):
+        lines.append(f"{display(name):<{w}}" + "".join(f"{v:>10d}" for v in row))
+    if r.failed:
+        lines.append(f"\n{len(r.failed)} files could not be read (see stderr)")
+    return "\n".join(lines)
+
+
+def run_validation_items(run_dir: Path, class_names: list[str]) -> tuple[list[tuple[str, int]], list[str], str]:
+    """The run's own validation images, recomputed from its config (scan is cached)."""
+    from imgcls.scan import ScanOptions, scan
+    from imgcls.split import split_index
+
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{display(run_dir)}: no config.json; give a DATA_DIR to evaluate on") from None
+    opts = ScanOptions(max_pixels=cfg["max_pixels"], cache_dir=cfg.get("cache_dir"))
+    if cfg.get("val_dir"):
+        val = scan(cfg["val_dir"], opts)
+    else:
+        val = split_index(scan(cfg["data_dir"], opts), cfg["val_split"], cfg["seed"], cfg["split"]).val
+    items, names = items_for(val, class_names)
+    return items, names, val.root
+
+
+def items_for(index, class_names: list[str]) -> tuple[list[tuple[str, int]], list[str]]:
+    """Map an index's samples onto the model's classes by folder name."""
+    unknown = [c for c in index.class_names if c not in class_names]
+    if unknown:
+        raise UserError(f"{display(index.root)} has class folder(s) the model does not know: "
+                        f"{', '.join(map(display, unknown))} (model classes: "
+                        f"{', '.join(map(display, class_names))})")
+    where = {c: class_names.index(c) for c in index.class_names}
+    items = [(index.abspath(s), where[index.class_names[s.label]]) for s in index.samples]
+    return items, [s.path for s in index.samples]
+
+
+def figures(report: EvalReport, out_dir: Path, metrics_file: Path | None = None) -> list[Path]:
+    from imgcls.plots import confusion_figure, curves_figure, top_losses_figure
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "confusion_matrix.png", out_dir / "top_losses.png"]
+    confusion_figure(report.confusion_matrix, report.class_names, written[0])
+    top_losses_figure(report.top_losses, written[1], report.data)
+    if metrics_file is not None and metrics_file.exists():
+        curves_figure(metrics_file, out_dir / "curves.png")
+        written.append(out_dir / "curves.png")
+    return written
+
+
+def default_out_dir(model_path: Path) -> Path:
+    return model_path if model_path.is_dir() else model_path.parent

@@ -1,0 +1,198 @@
+"""Checkpoint -> answers about new photos: Predictor.from_checkpoint(path).predict(images).
+
+Owns inference on files. Loads nothing but the checkpoint (weights via safetensors, the
+preprocess spec and class names from its JSON metadata): never the training, cache or loader
+modules, never a pickle. Images are prepared by the checkpoint's own PreprocessSpec, so a
+prediction sees exactly the pixels training saw for the same file.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from imgcls.errors import UserError
+from imgcls.fsutil import display
+from imgcls.preprocess import ImageError, PreprocessSpec, Source, load_image
+from imgcls.runtime import thread_map
+from imgcls.scan import IMAGE_EXTENSIONS, SYSTEM_FILES
+
+
+@dataclass
+class Prediction:
+    path: str
+    class_name: str | None  # None when the file could not be read
+    probabilities: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "class": self.class_name, "probabilities": self.probabilities}
+
+    def sentence(self, top_k: int = 3) -> str:
+        """Two classes: the tutorial's sentence. More: the top-k with percentages."""
+        items = list(self.probabilities.items())
+        if len(items) == 2:
+            (a, pa), (b, pb) = items
+            return f"This image is {100 * pa:.2f}% {a} and {100 * pb:.2f}% {b}."
+        top = sorted(items, key=lambda kv: -kv[1])[:top_k]
+        return ", ".join(f"{name} {100 * p:.2f}%" for name, p in top)
+
+
+def softmax_probs(logits: np.ndarray) -> np.ndarray:
+    """(B, C) logits -> probabilities; a single logit means sigmoid for the second class."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.shape[1] == 1:
+        p = 1 / (1 + np.exp(-logits[:, 0]))
+        return np.stack([1 - p, p], axis=1)
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+class _TorchBackend:
+    def __init__(self, path: Path, device: str):
+        import torch
+
+        from imgcls.checkpoint import CheckpointError, load_checkpoint
+        from imgcls.models import ModelConfig, create_model
+
+        try:
+            ckpt = load_checkpoint(path, train_state=False)
+        except CheckpointError as exc:
+            raise UserError(str(exc)) from None
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.torch, self.device = torch, torch.device(device)
+        self.meta = ckpt.meta
+        try:
+            model = create_model(ModelConfig.from_dict(ckpt.meta["model"]))
+        except KeyError as exc:
+            raise UserError(f"{display(path)}: {exc.args[0]} (made by a newer imgcls?)") from None
+        model.load_state_dict(ckpt.weights)
+        self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
+
+    def logits(self, batch: np.ndarray, tta: bool) -> np.ndarray:
+        """(B, H, W, 3) uint8 -> (B, C) logits (log of the mean probability with TTA)."""
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
+            out = self.model(x).float()
+            if tta:
+                p = (_probs_t(out) + _probs_t(self.model(x.flip(-1)).float())) / 2
+                return torch.log(p).cpu().numpy()
+            return out.cpu().numpy()
+
+
+def _probs_t(logits):
+    import torch
+
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - p, p], 1)
+    return logits.softmax(1)
+
+
+class Predictor:
+    """Predict class probabilities for image files (or bytes, or PIL images)."""
+
+    def __init__(self, backend, source: Path):
+        self.backend = backend
+        self.source = source
+        meta = backend.meta
+        self.class_names: list[str] = list(meta["class_names"])
+        self.spec = PreprocessSpec.from_dict(meta["preprocess"])
+        self.meta = meta
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> "Predictor":
+        """A .safetensors checkpoint, a run folder (its best checkpoint) or an .onnx file."""
+        from imgcls.checkpoint import resolve_model_path
+
+        p = Path(path)
+        if p.suffix.lower() == ".onnx":
+            from imgcls.onnx_backend import OnnxBackend
+
+            return cls(OnnxBackend(p), p)
+        p = resolve_model_path(p)
+        return cls(_TorchBackend(p, device), p)
+
+    def probabilities(self, batch: np.ndarray, tta: bool = False) -> np.ndarray:
+        """(B, H, W, 3) uint8 prepared images -> (B, C) probabilities."""
+        return softmax_probs(self.backend.logits(batch, tta))
+
+    def prepare(self, source: Source) -> np.ndarray:
+        return load_image(source, self.spec)
+
+    def predict(self, sources: Sequence[Source], batch_size: int = 32, tta: bool = False,
+                names: Sequence[str] | None = None, progress: bool | None = False) -> list[Prediction]:
+        """One Prediction per source, in order; unreadable ones carry `error` instead."""
+        names = list(names) if names is not None else [
+            display(s) if isinstance(s, (str, os.PathLike)) else f"<image {i}>"
+            for i, s in enumerate(sources)]
+        out: list[Prediction] = []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(sources), unit="img", desc="predict", leave=False)
+        for start in range(0, len(sources), batch_size):
+            chunk = list(sources[start:start + batch_size])
+            prepared = thread_map(self._safe_prepare, chunk, progress=False)
+            ok = [i for i, p in enumerate(prepared) if isinstance(p, np.ndarray)]
+            probs = self.probabilities(np.stack([prepared[i] for i in ok]), tta) if ok else []
+            by_index = dict(zip(ok, probs))
+            for i, item in enumerate(prepared):
+                name = names[start + i]
+                if i in by_index:
+                    p = by_index[i]
+                    out.append(Prediction(name, self.class_names[int(np.argmax(p))],
+                                          {c: float(v) for c, v in zip(self.class_names, p)}))
+                else:
+                    out.append(Prediction(name, None, {}, item))
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        return out
+
+    def _safe_prepare(self, source: Source):
+        try:
+            return self.prepare(source)
+        except ImageError as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"unreadable: {exc.strerror or exc}"
+
+
+def expand_inputs(items: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Files, folders (recursively: files with image extensions) and globs -> (files, errors)."""
+    files: list[str] = []
+    errors: list[str] = []
+    for item in items:
+        if os.path.isdir(item):
+            found = []
+            for dirpath, dirnames, filenames in os.walk(item):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for f in sorted(filenames):
+                    if f.startswith(".") or f.lower() in SYSTEM_FILES:
+                        continue
+                    if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                        found.append(os.path.join(dirpath, f))
+            if not found:
+                errors.append(f"{display(item)}: no image files in this folder")
+            files += found
+        elif os.path.lexists(item):
+            files.append(item)
+        elif glob.has_magic(item):
+            matched = sorted(glob.glob(item, recursive=True))
+            if not matched:
+                errors.append(f"{display(item)}: no file matches this pattern")
+            for m in matched:
+                (files.append(m) if os.path.isfile(m) else files.extend(expand_inputs([m])[0]))
+        else:
+            errors.append(f"{display(item)}: no such file or folder")
+    return files, errors
