@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 	touch $@
 
 test: $(STAMP)
+	bash scripts/install_browser.sh
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

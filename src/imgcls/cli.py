@@ -225,7 +225,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--patience", type=int, help="early stopping patience in epochs (0 = off)")
     r.add_argument("--keep", type=int, help="epoch checkpoints to keep (0 = all)")
     r.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="validate with flip test-time augmentation")
+                   help="recommend flip test-time augmentation to evaluate and predict")
+    r.add_argument("--time-limit", dest="time_limit", type=float, metavar="MIN",
+                   help="stop after the last epoch that ends within MIN minutes")
     h = p.add_argument_group("hardware")
     h.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     h.add_argument("--amp", choices=CHOICES["amp"], help="mixed precision (default: bf16 on CUDA)")
@@ -252,7 +254,8 @@ def cmd_predict(args) -> int:
         raise UserError("nothing to predict" + ("" if errors else ": give image files or folders"))
     predictor = Predictor.from_checkpoint(args.model, device=args.device)
     show = sys.stderr.isatty() and len(files) > args.batch_size
-    preds = predictor.predict(files, batch_size=args.batch_size, tta=args.tta, progress=show)
+    tta = predictor.recommends_tta if args.tta is None else args.tta
+    preds = predictor.predict(files, batch_size=args.batch_size, tta=tta, progress=show)
     failed = [p for p in preds if p.error]
     for p in failed:
         print(f"imgcls: error: {p.path}: {p.error}", file=sys.stderr)
@@ -291,7 +294,8 @@ def cmd_evaluate(args) -> int:
         root = index.root
     else:
         items, names, root = run_validation_items(run_dir, predictor.class_names)
-    report = evaluate(predictor, items, names, tta=args.tta, batch_size=args.batch_size,
+    tta = predictor.recommends_tta if args.tta is None else args.tta
+    report = evaluate(predictor, items, names, tta=tta, batch_size=args.batch_size,
                       progress=sys.stderr.isatty() and not args.json)
     report.data = root
     for f in report.failed:
@@ -323,6 +327,43 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from imgcls.export import export_onnx
+    from imgcls.fsutil import display
+
+    rep = export_onnx(args.model, args.output, opset=args.opset, check_dir=args.check_images)
+    kind = "real images" if rep.real_images else "random images (no data folder found)"
+    print(f"Wrote {display(rep.path)} (opset {rep.opset}, dynamic batch, input uint8 NHWC)")
+    print(f"ONNX Runtime vs PyTorch on {rep.images_checked} {kind}: max |diff| "
+          f"{rep.max_abs_diff_probabilities:.2e} in probabilities, "
+          f"{rep.max_abs_diff_logits:.2e} in logits")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from imgcls.serve import ServeLimits, serve
+
+    limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                         max_files=args.max_files, max_pixels=args.max_pixels)
+    serve(args.model, args.host, args.port, limits, args.device)
+    return 0
+
+
+def cmd_download(args) -> int:
+    from imgcls.download import download
+    from imgcls.fsutil import display
+
+    res = download(args.dest, args.url, args.sha256, args.timeout)
+    print(f"Archive: {display(res.archive)}" + (f" (resumed at {res.resumed_from} bytes)"
+                                                  if res.resumed_from else ""))
+    print(f"Extracted {res.files} files into {display(res.extracted_to)}"
+          + (f" ({res.skipped_identical} already there)" if res.skipped_identical else ""))
+    pet = res.extracted_to / "PetImages"
+    if pet.is_dir():
+        print(f"Next: imgcls scan {display(pet)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imgcls",
@@ -330,6 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "(one sub-folder per class), then use it.")
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    from imgcls.download import DEFAULT_URL
+
+    p = sub.add_parser("download", help="fetch and unpack the Cats vs Dogs archive (resumable)")
+    p.add_argument("--dest", default="data", help="folder for the archive and the photos "
+                                                 "(default %(default)s)")
+    p.add_argument("--url", default=DEFAULT_URL, help="archive URL (default: the Keras tutorial's)")
+    p.add_argument("--sha256", help="expected SHA-256 of the archive")
+    p.add_argument("--timeout", type=float, default=15.0, metavar="S",
+                   help="seconds to wait for the server (default %(default)s)")
+    p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("scan", help="find, verify and report every photo in a class-per-folder tree",
                        description="Verify every file by decoding it; report rejected, ignored "
@@ -390,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="a JSON list, one object per image")
     fmt.add_argument("--csv", action="store_true", help="CSV: path, class, one column per class")
     p.add_argument("--top-k", type=int, default=3, metavar="K")
-    p.add_argument("--tta", action="store_true", help="average with the horizontal mirror")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the horizontal mirror (default: as the model's recipe says)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.set_defaults(func=cmd_predict)
@@ -400,13 +453,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_dir", metavar="DATA_DIR", nargs="?",
                    help="class-per-folder tree (default: the run's own validation split)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    p.add_argument("--tta", action="store_true")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the horizontal mirror (default: as the model's recipe says)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
     p.add_argument("--device", default="auto")
     p.add_argument("--out-dir", metavar="DIR", help="where the PNG figures go (default: the run folder)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--cache-dir", metavar="DIR")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (checked against PyTorch)")
+    p.add_argument("model", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("-o", "--output", default="model.onnx", help="default %(default)s")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--check-images", metavar="DIR",
+                   help="images for the parity check (default: the run's data folder)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="a web page and JSON API for a model")
+    p.add_argument("model", metavar="RUN_OR_CHECKPOINT_OR_ONNX")
+    p.add_argument("--host", default="127.0.0.1", help="default %(default)s (this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=8.0, metavar="MB")
+    p.add_argument("--max-files", type=int, default=16, metavar="N")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, metavar="N")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("plot", help="draw a run's training curves (finished or running)")
     p.add_argument("run_dir", metavar="RUN")

@@ -52,6 +52,7 @@ class TrainConfig:
     monitor: str = "val_accuracy"  # metric that picks the best checkpoint
     patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
     keep: int = 0  # epoch checkpoints to keep (newest); 0 = all
+    time_limit: float = 0.0  # minutes of wall-clock time; stop after the last epoch that fits; 0 = none
     # hardware
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     amp: str = "auto"  # "auto" (bf16 on CUDA, off on CPU), "bf16", "fp16", "off"
@@ -59,7 +60,7 @@ class TrainConfig:
     channels_last: bool = True
     threads: int = 0  # CPU threads for torch; 0 = all available cores
     sync_bn: bool = False  # synchronise BatchNorm statistics across DDP ranks
-    tta: bool = False  # evaluate with horizontal-flip test-time augmentation
+    tta: bool = False  # recommend flip test-time augmentation to evaluate/predict (not per epoch)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +82,14 @@ CHOICES = {
 # Named recipes; the default is the Keras tutorial's. Filled in by measurement (BENCHMARKS.md).
 PRESETS: dict[str, dict] = {
     "tutorial": {},
+    # Measured in bench/time_to_accuracy.py on 2 CPU cores (BENCHMARKS.md): a dense small
+    # ResNet at 128 px sees ~80 images/s where the tutorial's network at 180 px sees ~5.
+    "cpu": {
+        "model": "resnet-cpu", "image_size": 128, "batch_size": 64, "epochs": 30,
+        "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "schedule": "onecycle",
+        "warmup_epochs": 2, "label_smoothing": 0.1, "flip": True, "rotation": 0.05,
+        "zoom": 0.15, "translate": 0.1, "brightness": 0.1, "contrast": 0.1, "tta": True,
+    },
 }
 
 
@@ -99,6 +108,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.rotation >= 0 and cfg.zoom >= 0 and cfg.translate >= 0,
          "augmentation strengths must be >= 0"),
         (cfg.keep >= 0 and cfg.patience >= 0, "keep and patience must be >= 0"),
+        (cfg.time_limit >= 0, "time limit must be >= 0 minutes"),
     ]
     for ok, msg in checks:
         if not ok:

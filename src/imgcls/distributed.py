@@ -29,7 +29,7 @@ class World:
 
     @property
     def active(self) -> bool:
-        return self.size > 1
+        return bool(self.backend)
 
 
 def launched_by_torchrun() -> bool:
@@ -43,8 +43,8 @@ def init(device_kind: str, timeout_s: float = 600) -> World:
     size = int(os.environ["WORLD_SIZE"])
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", 0))
-    if size == 1:
-        return World(rank, size, local)
+    if size == 1 and not os.environ.get("IMGCLS_FORCE_PROCESS_GROUP"):
+        return World(rank, size, local)  # nothing to synchronise; skip the process group
     backend = "nccl" if device_kind == "cuda" else "gloo"
     if not dist.is_initialized():
         kwargs = {}

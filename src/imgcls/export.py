@@ -103,15 +103,21 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, opset: in
     wrapper = Exportable(model).eval()
     dummy = torch.zeros(2, spec.height, spec.width, 3, dtype=torch.uint8)
     buf = io.BytesIO()
-    with torch.no_grad():
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # The legacy TorchScript exporter: it needs only `onnx` (the dynamo one needs onnxscript),
+        # and the image size is fixed per model, so traced shape arithmetic is constant.
+        warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, (dummy,), buf, input_names=[INPUT], output_names=[LOGITS, PROBS],
                           dynamic_axes={INPUT: {0: "batch"}, LOGITS: {0: "batch"},
                                         PROBS: {0: "batch"}},
                           opset_version=opset, dynamo=False)
-    proto = onnx.load_from_string(buf.getvalue())
+    proto = onnx.load_from_string(buf.getvalue())  # (tracer warnings about constant shapes are expected)
     info = {"class_names": meta["class_names"], "preprocess": meta["preprocess"],
             "model": meta["model"], "epoch": meta.get("epoch"), "metrics": meta.get("metrics"),
             "source": str(src), "imgcls_version": __version__,
+            "config": {"tta": bool(meta.get("config", {}).get("tta", False))},
             "input": "image: (batch, H, W, 3) uint8 RGB after the preprocess spec"}
     for key, value in ((META_KEY, json.dumps(info)),
                        ("class_names", json.dumps(meta["class_names"]))):

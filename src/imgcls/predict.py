@@ -107,16 +107,23 @@ class Predictor:
         self.spec = PreprocessSpec.from_dict(meta["preprocess"])
         self.meta = meta
 
+    @property
+    def recommends_tta(self) -> bool:
+        """Whether the training recipe asks for flip test-time augmentation."""
+        return bool(self.meta.get("config", {}).get("tta", False))
+
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> "Predictor":
         """A .safetensors checkpoint, a run folder (its best checkpoint) or an .onnx file."""
-        from imgcls.checkpoint import resolve_model_path
-
         p = Path(path)
         if p.suffix.lower() == ".onnx":
             from imgcls.onnx_backend import OnnxBackend
 
+            if not p.is_file():
+                raise UserError(f"{display(p)}: no such ONNX file")
             return cls(OnnxBackend(p), p)
+        from imgcls.checkpoint import resolve_model_path  # imports torch: not on the ONNX path
+
         p = resolve_model_path(p)
         return cls(_TorchBackend(p, device), p)
 

@@ -192,8 +192,8 @@ def _autocast(device: torch.device, amp: str):
 
 
 @torch.no_grad()
-def run_validation(model: nn.Module, loader: BatchLoader, world: D.World, autocast,
-                   tta: bool = False) -> tuple[float, float]:
+def run_validation(model: nn.Module, loader: BatchLoader, world: D.World,
+                   autocast) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) over every validation image, across all ranks."""
     model.eval()
     dev = loader.device
@@ -202,8 +202,6 @@ def run_validation(model: nn.Module, loader: BatchLoader, world: D.World, autoca
         x = to_float(b.images)
         with autocast():
             logits = model(x).float()
-            if tta:
-                logits = torch.log((logits.softmax(1) + model(x.flip(-1)).float().softmax(1)) / 2)
         sums[0] += F.cross_entropy(logits, b.labels, reduction="sum").double()
         sums[1] += (logits.argmax(1) == b.labels).sum()
         sums[2] += len(b.labels)
@@ -225,16 +223,33 @@ def _epoch_line(h: dict, epochs: int) -> str:
 def fit(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False) -> FitResult:
     """Train per cfg into run_dir. Raises UserError for bad input (one line, no traceback)."""
     run = Path(run_dir).expanduser().resolve()
+    started = time.perf_counter()
     device = resolve_device(cfg.device)
     world = D.init(device.type)
     try:
-        return _fit(cfg, run, resume, device, world)
+        return _fit(cfg, run, resume, device, world, started)
+    except (RuntimeError, OSError) as exc:
+        if not world.active or not _looks_like_lost_peer(exc):
+            raise
+        raise UserError(f"rank {world.rank}: lost contact with the other ranks ({_first_line(exc)}); "
+                        f"a rank probably died. The last complete checkpoint is kept: resume with "
+                        f"`imgcls train --resume {display(run)}` (any number of ranks)") from None
     finally:
         D.shutdown(world)
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _looks_like_lost_peer(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(w in text for w in ("connection closed", "connection reset", "broken pipe",
+                                   "timed out", "timeout", "peer", "gloo", "nccl", "socket"))
+
+
 def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
-         world: D.World) -> FitResult:
+         world: D.World, started: float) -> FitResult:
     if device.type == "cuda" and world.active:
         device = torch.device("cuda", world.local_rank)
     if device.type == "cpu":
@@ -285,7 +300,11 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     if cfg.sync_bn and world.active:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            _log(world, "imgcls: note: --sync-bn needs CUDA (PyTorch's SyncBatchNorm); on the "
+                 "CPU each rank keeps its own BatchNorm statistics", file=sys.stderr)
     net = model
     if world.active:
         net = nn.parallel.DistributedDataParallel(
@@ -319,6 +338,11 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
         if scaler is not None and tm.get("scaler"):
             scaler.load_state_dict(tm["scaler"])
         start_epoch, start_step = tm["epoch"], tm["step"]
+        if start_step and tm.get("world_size", 1) != world.size:
+            _log(world, f"imgcls: note: the run stopped mid-epoch on {tm.get('world_size')} ranks; "
+                 f"on {world.size} it restarts epoch {start_epoch + 1} from its beginning",
+                 file=sys.stderr)
+            start_step = 0
         history, best, bad_epochs = tm["history"], tm["best"], tm["bad_epochs"]
         _log(world, f"Resuming {display(run)} from {display(resumed_path.name)}: epoch "
              f"{start_epoch + 1}, step {start_step}/{steps}")
@@ -390,15 +414,18 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
                 sums[2] += n
                 seen += n
                 step += 1
+                if step == 3 and epoch == start_epoch and device.type == "cpu" and world.main:
+                    _cpu_hint(cfg, steps, time.perf_counter() - t0, 3 - (start_step if mid else 0))
                 if bar is not None:
                     bar.update()
                     if step % 10 == 0 or step == steps:
                         bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.4f}")
-                if stop.signal is not None and step < steps:
+                if _should_stop(world, stop, device) and step < steps:
                     break
             if bar is not None:
                 bar.close()
             if stop.signal is not None and step < steps:
+                D.barrier(world)
                 if world.main:
                     save(epoch, step, {}, run / LAST)
                 _log(world, f"Stopped in epoch {epoch + 1} at step {step}/{steps}. Resume with: "
@@ -407,12 +434,17 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
                 return result
             train_time = time.perf_counter() - t0
             D.all_sum(world, sums)
-            val_loss, val_acc = run_validation(net, val_loader, world, autocast, cfg.tta)
+            val_loss, val_acc = run_validation(net, val_loader, world, autocast)
             h = {"epoch": epoch + 1, "loss": sums[0].item() / sums[2].item(),
                  "accuracy": sums[1].item() / sums[2].item(), "val_loss": val_loss,
                  "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"],
                  "images_per_s": seen * world.size / train_time,
-                 "seconds": time.perf_counter() - t0}
+                 "seconds": time.perf_counter() - t0,
+                 "elapsed_s": time.perf_counter() - started}
+            if world.active:
+                h["rank_weight_sums"] = _weights_checksum(world, model, device)
+                if len(set(h["rank_weight_sums"])) != 1:
+                    raise RuntimeError(f"DDP ranks diverged: weight sums {h['rank_weight_sums']}")
             history.append(h)
             value = h[cfg.monitor]
             improved = best is None or (value > best if MAXIMIZE[cfg.monitor] else value < best)
@@ -438,6 +470,11 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
                 _log(world, f"Stopped after epoch {epoch + 1}. Resume with: "
                      f"imgcls train --resume {display(run)}")
                 return result
+            if cfg.time_limit and epoch + 1 < cfg.epochs and (
+                    h["elapsed_s"] + h["seconds"] > cfg.time_limit * 60):
+                _log(world, f"Time limit: another epoch would end past {cfg.time_limit:g} minutes; "
+                     f"stopping after epoch {epoch + 1}.")
+                break
             if cfg.patience and bad_epochs >= cfg.patience:
                 result.stopped_early = True
                 _log(world, f"Early stopping: {cfg.monitor} has not improved for {cfg.patience} epochs "
@@ -450,6 +487,43 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
         vals = [h[cfg.monitor] for h in history]
         result.best_epoch = 1 + (int(np.argmax(vals)) if MAXIMIZE[cfg.monitor] else int(np.argmin(vals)))
     return result
+
+
+def _cpu_hint(cfg: TrainConfig, steps: int, seconds: float, done: int) -> None:
+    """On a CPU, say what the tutorial recipe will cost and point to the CPU preset."""
+    if cfg.model != "xception" or done <= 0:
+        return
+    per_epoch = seconds / done * steps
+    if per_epoch < 300:
+        return
+    fmt = lambda s: f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min"
+    print(f"imgcls: note: on this CPU one epoch of {cfg.model} at {cfg.image_size} px takes about "
+          f"{fmt(per_epoch)} ({cfg.epochs} epochs: {fmt(per_epoch * cfg.epochs)}). "
+          "`--preset cpu` trains a CPU-sized network instead (see BENCHMARKS.md).",
+          file=sys.stderr, flush=True)
+
+
+def _should_stop(world: D.World, stop: _StopFlag, device: torch.device) -> bool:
+    """Every rank must stop at the same step, or DDP's next all-reduce would hang."""
+    if not world.active:
+        return stop.signal is not None
+    flag = torch.tensor([1.0 if stop.signal is not None else 0.0], device=device)
+    D.all_sum(world, flag)
+    if flag.item() and stop.signal is None:
+        stop.signal = signal.SIGTERM  # another rank was told to stop
+    return bool(flag.item())
+
+
+def _weights_checksum(world: D.World, model: nn.Module, device: torch.device) -> list[float]:
+    """Each rank's sum of all weights; DDP keeps them identical, so a difference is a bug."""
+    total = torch.zeros(1, dtype=torch.float64, device=device)
+    for p in model.parameters():
+        total += p.detach().double().sum()
+    if not world.active:
+        return [total.item()]
+    out = [torch.zeros_like(total) for _ in range(world.size)]
+    torch.distributed.all_gather(out, total)
+    return [t.item() for t in out]
 
 
 def _local_world() -> int:

@@ -65,3 +65,11 @@ def _xception_tiny(num_classes: int, **kw):
     opts = dict(entry=8, blocks=(16, 24), exit_width=32, bn_momentum=0.1)
     opts.update(kw)
     return Xception(num_classes, **opts)
+
+
+@register("resnet-cpu")
+def _resnet_cpu(num_classes: int, **kw):
+    """A small plain ResNet sized for laptop CPUs (1.2 M parameters, 0.3 GFLOP at 96x96)."""
+    from imgcls.models.resnet import SmallResNet
+
+    return SmallResNet(num_classes, **kw)

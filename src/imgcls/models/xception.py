@@ -16,7 +16,11 @@ import torch.nn.functional as F
 BN_EPS, BN_MOMENTUM = 1e-3, 0.01  # Keras: epsilon=1e-3, momentum=0.99 (= 1 - 0.01 here)
 
 
-def bn(c: int, momentum: float = BN_MOMENTUM) -> nn.BatchNorm2d:
+def bn(c: int, momentum: float = BN_MOMENTUM, norm: str = "batch") -> nn.Module:
+    """BatchNorm as Keras configures it; or GroupNorm, whose result does not depend on the
+    batch (small per-GPU batches, exact DDP equivalence tests)."""
+    if norm == "group":
+        return nn.GroupNorm(min(8, c), c, eps=BN_EPS)
     return nn.BatchNorm2d(c, eps=BN_EPS, momentum=momentum)
 
 
@@ -48,7 +52,8 @@ class SameConv(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s = self.kernel_size[0], self.stride[0]
-        (t, b), (l, r) = same_pad(x.shape[-2], k, s), same_pad(x.shape[-1], k, s)
+        # int(): the ONNX tracer would otherwise record shape arithmetic; H, W are fixed there.
+        (t, b), (l, r) = same_pad(int(x.shape[-2]), k, s), same_pad(int(x.shape[-1]), k, s)
         if t == b and l == r:
             return F.conv2d(x, self.weight, self.bias, self.stride, (t, l))
         return F.conv2d(F.pad(x, (l, r, t, b)), self.weight, self.bias, self.stride)
@@ -62,7 +67,7 @@ class SameMaxPool(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ph, pw = x.shape[-2] % 2, x.shape[-1] % 2
+        ph, pw = int(x.shape[-2]) % 2, int(x.shape[-1]) % 2
         return F.max_pool2d(x, 3, 2, (ph, pw), ceil_mode=True)
 
 
@@ -78,11 +83,11 @@ class SeparableConv(nn.Sequential):
 class XBlock(nn.Module):
     """[ReLU, SepConv, BN] x 2, MaxPool 3/2, plus a 1x1 stride-2 projection of the input."""
 
-    def __init__(self, cin: int, cout: int, bn_momentum: float = BN_MOMENTUM):
+    def __init__(self, cin: int, cout: int, bn_momentum: float = BN_MOMENTUM, norm: str = "batch"):
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReLU(), SeparableConv(cin, cout), bn(cout, bn_momentum),
-            nn.ReLU(), SeparableConv(cout, cout), bn(cout, bn_momentum),
+            nn.ReLU(), SeparableConv(cin, cout), bn(cout, bn_momentum, norm),
+            nn.ReLU(), SeparableConv(cout, cout), bn(cout, bn_momentum, norm),
             SameMaxPool())
         self.residual = nn.Conv2d(cin, cout, 1, stride=2)
 
@@ -95,15 +100,17 @@ class Xception(nn.Module):
 
     def __init__(self, num_classes: int, entry: int = 128, blocks=(256, 512, 728),
                  exit_width: int = 1024, dropout: float = 0.25, single_logit: bool = False,
-                 bn_momentum: float = BN_MOMENTUM):
+                 bn_momentum: float = BN_MOMENTUM, norm: str = "batch"):
         super().__init__()
         self.num_logits = 1 if single_logit else num_classes
         self.rescale = Rescale()
-        self.stem = nn.Sequential(SameConv(3, entry, 3, stride=2), bn(entry, bn_momentum), nn.ReLU())
-        chans = [entry, *blocks]
-        self.blocks = nn.Sequential(*[XBlock(a, b, bn_momentum) for a, b in zip(chans, chans[1:])])
-        self.exit = nn.Sequential(SeparableConv(chans[-1], exit_width), bn(exit_width, bn_momentum),
+        self.stem = nn.Sequential(SameConv(3, entry, 3, stride=2), bn(entry, bn_momentum, norm),
                                   nn.ReLU())
+        chans = [entry, *blocks]
+        self.blocks = nn.Sequential(*[XBlock(a, b, bn_momentum, norm)
+                                      for a, b in zip(chans, chans[1:])])
+        self.exit = nn.Sequential(SeparableConv(chans[-1], exit_width),
+                                  bn(exit_width, bn_momentum, norm), nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(exit_width, self.num_logits)

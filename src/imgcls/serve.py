@@ -1,0 +1,166 @@
+"""HTTP API and one self-contained web page on top of predict.Predictor (FastAPI + uvicorn).
+
+Owns what faces the network. Every input problem is a 4xx JSON error, never a 5xx:
+    413 upload too large (per file, or the whole body) / too many pixels (decompression bomb)
+    415 not an image
+    400 no file, empty file, too many files, malformed multipart
+The model is loaded once; inference runs in a worker thread (never on the event loop) behind
+a limiter, so memory stays bounded under load. Binds to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imgcls import __version__
+from imgcls.predict import Predictor
+from imgcls.preprocess import ImageError, load_image
+
+PAGE = Path(__file__).with_name("page.html")
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    max_upload_bytes: int = 8 * 1024 * 1024  # per file
+    max_files: int = 16  # per request
+    max_pixels: int = 40_000_000  # width x height of one upload (decompression-bomb guard)
+    concurrency: int = 2  # inferences at once; the rest wait in line
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def create_app(model: str | os.PathLike, limits: ServeLimits = ServeLimits(),
+               device: str = "auto") -> FastAPI:
+    # (FastAPI reads the endpoints' annotations by name, so its types are imported at the top.)
+    predictor = Predictor.from_checkpoint(model, device=device)
+    limiter = anyio.CapacityLimiter(limits.concurrency)
+    page = PAGE.read_text(encoding="utf-8")
+    body_limit = limits.max_files * (limits.max_upload_bytes + 64 * 1024)
+    app = FastAPI(title="imgcls", version=__version__, docs_url="/docs", redoc_url=None)
+    info = {"classes": predictor.class_names, "model": predictor.meta["model"]["name"],
+            "input_size": [predictor.spec.height, predictor.spec.width],
+            "preprocess": predictor.spec.to_dict(), "tta": predictor.recommends_tta,
+            "limits": limits.__dict__, "imgcls_version": __version__}
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, exc):
+        return JSONResponse({"error": "invalid request"}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc):  # pragma: no cover - a bug, still not a crash
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def get_info():
+        return info
+
+    def _prepare(data: bytes) -> np.ndarray:
+        try:
+            return load_image(data, predictor.spec, max_pixels=limits.max_pixels)
+        except ImageError as exc:
+            msg = str(exc)
+            if msg.startswith("too large"):
+                raise ApiError(413, f"image has too many pixels: {msg}")
+            raise ApiError(415, f"not a usable image: {msg}")
+
+    def _infer(datas: list[bytes]) -> list[dict]:
+        out, batch, where = [], [], []
+        for i, data in enumerate(datas):
+            try:
+                batch.append(_prepare(data))
+                where.append(i)
+                out.append(None)
+            except ApiError as exc:
+                out.append({"error": exc.message, "status": exc.status})
+        if batch:
+            probs = predictor.probabilities(np.stack(batch), predictor.recommends_tta)
+            for i, p in zip(where, probs):
+                out[i] = {"class": predictor.class_names[int(np.argmax(p))],
+                          "probabilities": {c: float(v) for c, v in zip(predictor.class_names, p)}}
+        return out
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > body_limit:
+            raise ApiError(413, f"request body over {body_limit} bytes")
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise ApiError(400, "send the photos as multipart/form-data (field 'file')")
+        try:
+            form = await request.form(max_files=limits.max_files, max_fields=limits.max_files)
+        except Exception as exc:  # starlette's MultiPartException/HTTPException, malformed bodies
+            msg = str(getattr(exc, "detail", None) or getattr(exc, "message", None) or exc)
+            if "too many files" in msg.lower():
+                raise ApiError(400, f"too many files: at most {limits.max_files} per request")
+            raise ApiError(400, f"bad upload: {msg or 'malformed multipart body'}")
+        try:
+            files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            if not files:
+                raise ApiError(400, "no file in the upload (use the field name 'file')")
+            if len(files) > limits.max_files:
+                raise ApiError(400, f"too many files: at most {limits.max_files} per request")
+            datas, names = [], []
+            for f in files:
+                data = await f.read(limits.max_upload_bytes + 1)
+                if len(data) > limits.max_upload_bytes:
+                    raise ApiError(413, f"{f.filename or 'file'}: over the upload limit of "
+                                        f"{limits.max_upload_bytes} bytes")
+                if not data:
+                    raise ApiError(400, f"{f.filename or 'file'}: empty file")
+                datas.append(data)
+                names.append(f.filename or f"file{len(names)}")
+        finally:
+            await form.close()
+        async with limiter:
+            results = await anyio.to_thread.run_sync(_infer, datas)
+        if len(results) == 1 and "error" in results[0]:
+            raise ApiError(results[0]["status"], f"{names[0]}: {results[0]['error']}")
+        for name, r in zip(names, results):
+            r["filename"] = name
+            r.pop("status", None)
+        return {"predictions": results}
+
+    app.state.predictor = predictor
+    return app
+
+
+def serve(model: str, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits = ServeLimits(),
+          device: str = "auto") -> None:
+    import uvicorn
+
+    app = create_app(model, limits, device)
+    print(f"imgcls: serving {json.dumps(app.state.predictor.class_names)} on http://{host}:{port}/ "
+          "(Ctrl-C to stop)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning",
+                limit_concurrency=256, timeout_keep_alive=5)

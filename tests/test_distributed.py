@@ -1,0 +1,131 @@
+"""DDP on the CPU with Gloo: torchrun with 2 ranks completes, ranks stay identical, one
+checkpoint per epoch, same result as one process with the same global batch, a killed rank
+ends the run with a clear message and a checkpoint that resumes on 1 rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import images
+from imgcls.checkpoint import load_checkpoint
+
+# No augmentation, no dropout and GroupNorm (PyTorch's SyncBatchNorm is CUDA-only): then 2
+# ranks x 4 images and 1 process x 8 images compute the same global-batch gradient, and the
+# only difference is the order of floating-point sums (DDP averages two half-batch means).
+# Plain SGD keeps that difference at rounding size (Adam divides by the gradient's own scale
+# and so turns rounding noise in near-zero gradients into lr-sized steps). Tolerance: 1e-5
+# absolute on every weight after 2 epochs (8 steps), ~100x float32 rounding of the updates.
+SETTINGS = {"model": "xception-tiny", "model_options": {"dropout": 0.0, "norm": "group"},
+            "image_size": 32, "batch_size": 8, "optimizer": "sgd", "lr": 0.05, "flip": False,
+            "rotation": 0.0, "seed": 5, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ddp")
+    data = images.two_class_tree(base / "data", 16, 40)
+    cfg = base / "cfg.json"
+    cfg.write_text(json.dumps(SETTINGS))
+    return data, cfg
+
+
+def torchrun(n: int, *args, **kw):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+           "-m", "imgcls", "train", *map(str, args)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, **kw)
+
+
+def single(*args):
+    return subprocess.run([sys.executable, "-m", "imgcls", "train", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_two_ranks_match_one_process(setup, tmp_path):
+    data, cfg = setup
+    ddp, one = tmp_path / "ddp", tmp_path / "one"
+    r = torchrun(2, data, "--out", ddp, "--config", cfg, "--epochs", "2")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stdout.count("Epoch 2/2") == 1  # only rank 0 prints
+    assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == [
+        "epoch_001.safetensors", "epoch_002.safetensors"]
+    assert not [p for p in ddp.rglob("*") if ".tmp-" in p.name]
+    history = [json.loads(x) for x in (ddp / "metrics.jsonl").read_text().splitlines()]
+    for h in history:  # both ranks held identical weights after every epoch
+        assert len(h["rank_weight_sums"]) == 2 and h["rank_weight_sums"][0] == h["rank_weight_sums"][1]
+    r = single(data, "--out", one, "--config", cfg, "--epochs", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = load_checkpoint(ddp / "last.safetensors").weights
+    b = load_checkpoint(one / "last.safetensors").weights
+    for k in a:
+        if a[k].is_floating_point():
+            assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), (k, (a[k] - b[k]).abs().max())
+    va = history[-1]["val_accuracy"]
+    vb = json.loads((one / "metrics.jsonl").read_text().splitlines()[-1])["val_accuracy"]
+    assert va == vb  # validation is over the whole split, reduced across ranks
+
+
+def test_batch_not_divisible_is_a_clear_error(setup, tmp_path):
+    data, cfg = setup
+    r = torchrun(2, data, "--out", tmp_path / "r", "--config", cfg, "--batch-size", "7")
+    assert r.returncode != 0
+    assert "not divisible by the 2 ranks" in r.stderr
+
+
+def test_killed_rank_ends_the_run_and_it_resumes_on_one_rank(setup, tmp_path):
+    data, cfg = setup
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "imgcls", "train", str(data), "--out", str(run), "--config", str(cfg),
+           "--epochs", "40", "--batch-size", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints" / "epoch_001.safetensors").exists():
+        time.sleep(0.05)
+    victim = _rank_pid(proc.pid, 1)
+    assert victim, "rank 1 not found"
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    text = out + err
+    assert "failed" in text.lower() or "lost contact" in text
+    last = load_checkpoint(run / "last.safetensors")
+    assert last.resumable and 1 <= last.meta["epoch"] < 40
+    r = single("--resume", run, "--epochs", str(last.meta["epoch"] + 1))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert load_checkpoint(run / "last.safetensors").meta["epoch"] == last.meta["epoch"] + 1
+
+
+def _rank_pid(root: int, rank: int) -> int | None:
+    """The pid of a torchrun worker with RANK=rank among root's descendants."""
+    children = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    todo, seen = [root], []
+    while todo:
+        pid = todo.pop()
+        seen.append(pid)
+        todo += children.get(pid, [])
+    for pid in seen:
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"LOCAL_RANK=" + str(rank).encode() in env:
+            return pid
+    return None

@@ -1,0 +1,143 @@
+"""serve: every endpoint, every limit as a 4xx JSON error (never a 5xx), and a real browser."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+import images  # noqa: E402
+from imgcls.cli import main  # noqa: E402
+from imgcls.serve import ServeLimits, create_app  # noqa: E402
+from conftest import SHARED  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("serve")
+    data = images.two_class_tree(base / "data", 10, 40)
+    assert main(["train", str(data), "--out", str(base / "run"), "--model", "xception-tiny",
+                 "--image-size", "32", "--batch-size", "8", "--epochs", "1"]) == 0
+    return base / "run"
+
+
+@pytest.fixture(scope="module")
+def client(run):
+    app = create_app(run, ServeLimits(max_upload_bytes=200_000, max_files=3, max_pixels=4_000_000))
+    return TestClient(app)
+
+
+def post(client, *files):
+    return client.post("/predict", files=[("file", f) for f in files])
+
+
+def test_pages_and_info(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "<title>imgcls</title>" in r.text
+    assert "http://" not in r.text and "https://" not in r.text  # no external asset
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/info").json()
+    assert info["classes"] == ["cat", "dog"] and info["input_size"] == [32, 32]
+
+
+def test_predict_one_and_several(client):
+    r = post(client, ("a.jpg", images.jpeg_bytes(50, 40, seed=1), "image/jpeg"))
+    assert r.status_code == 200
+    p = r.json()["predictions"][0]
+    assert p["filename"] == "a.jpg" and abs(sum(p["probabilities"].values()) - 1) < 1e-6
+    r = post(client, ("a.jpg", images.jpeg_bytes(seed=2), "image/jpeg"),
+             ("b.txt", b"not an image", "text/plain"))
+    assert r.status_code == 200
+    preds = r.json()["predictions"]
+    assert "probabilities" in preds[0] and "error" in preds[1]
+
+
+def bomb_bytes():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return images.png_header_only(Path(d) / "b.png", 10000, 10000).read_bytes()
+
+
+@pytest.mark.parametrize("files, status, words", [
+    ([("x.jpg", b"\x00garbage" * 10, "image/jpeg")], 415, "not a usable image"),
+    ([("big.jpg", b"\xff" * 300_000, "image/jpeg")], 413, "over the upload limit"),
+    ([("bomb.png", "BOMB", "image/png")], 413, "too many pixels"),
+    ([("e.jpg", b"", "image/jpeg")], 400, "empty file"),
+    ([(f"{i}.jpg", b"x", "image/jpeg") for i in range(5)], 400, "too many"),
+])
+def test_every_limit_is_a_4xx_json_error(client, files, status, words):
+    files = [(n, bomb_bytes() if d == "BOMB" else d, t) for n, d, t in files]
+    r = post(client, *files)
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+
+
+def test_malformed_requests_are_4xx(client):
+    assert client.post("/predict").status_code == 400
+    assert client.post("/predict", content=b"hello", headers={"content-type": "text/plain"}).status_code == 400
+    r = client.post("/predict", content=b"--xx\r\nbroken", headers={"content-type": "multipart/form-data; boundary=xx"})
+    assert 400 <= r.status_code < 500
+    r = client.post("/predict", files={"note": (None, "no file")})  # a field, not a file
+    assert r.status_code == 400 and "no file" in r.json()["error"]
+    assert client.get("/nope").status_code == 404
+    big = client.post("/predict", content=b"x" * 10, headers={
+        "content-type": "multipart/form-data; boundary=x", "content-length": str(10**9)})
+    assert big.status_code in (400, 413)
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_real_browser_uploads_a_cat_and_sees_probabilities(run, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("Debian's chromium is not installed (make test installs it as root)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    cats = sorted((SHARED / "val" / "cats").glob("*.jpg")) if SHARED.is_dir() else []
+    photo = cats[0] if cats else images.jpeg(tmp_path / "cat.jpg", 200, 150, seed=4)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "imgcls", "serve", str(run), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("document.getElementById('classes').textContent.includes('cat')")
+            page.set_input_files("#file", str(photo))
+            page.wait_for_function("document.getElementById('sentence').textContent.startsWith('This image is')",
+                                   timeout=30000)
+            text = page.inner_text("body")
+            shot = tmp_path / "page.png"
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+        assert "This image is" in text and "% cat and" in text and "% dog." in text
+        assert shot.stat().st_size > 10_000
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
