@@ -110,3 +110,11 @@ def test_killed_build_leaves_no_usable_cache(tree, tmp_path):
 def test_cache_inside_data_folder_is_refused(tree):
     with pytest.raises(UserError, match="inside the data folder"):
         build_cache(scan(tree), SPEC, tree / "cat")
+
+
+def test_open_only_mode_finds_the_built_cache_or_says_it_is_not_shared(tree, tmp_path):
+    index = scan(tree)
+    with pytest.raises(UserError, match="shared --cache-dir"):
+        build_cache(index, SPEC, tmp_path / "elsewhere", build=False)
+    built = build_cache(index, SPEC, tmp_path / "c")
+    assert build_cache(index, SPEC, tmp_path / "c", build=False).folder == built.folder

@@ -205,3 +205,31 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(data, tmp_path):
         assert not [p for p in (disk / "run").rglob("*") if ".tmp-" in p.name]
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+def test_micro_batches_accumulate_to_the_same_step(data, tmp_path):
+    """Gradient accumulation: 2 passes of 4 = 1 pass of 8, for a batch-independent network."""
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": "xception-tiny", "image_size": 32, "batch_size": 8,
+                               "model_options": {"dropout": 0.0, "norm": "group"},
+                               "optimizer": "sgd", "lr": 0.05, "threads": 1}))
+    for name, micro in (("whole", 8), ("parts", 4)):
+        res = cli("train", data, "--out", tmp_path / name, "--config", cfg, "--epochs", "2",
+                  "--micro-batch", micro)
+        assert res.returncode == 0, res.stderr
+    assert "accumulates gradients over passes of 4" in res.stderr
+    a = weights(tmp_path / "whole" / "last.safetensors")
+    b = weights(tmp_path / "parts" / "last.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a if a[k].is_floating_point())
+
+
+def test_automatic_micro_batch_fits_free_memory():
+    from imgcls.models import ModelConfig, create_model
+    from imgcls.train import _auto_micro_batch
+
+    model = create_model(ModelConfig("xception-tiny", 2))
+    dev = torch.device("cpu")
+    assert _auto_micro_batch(model, 32, 8, dev) == 8  # small: fits at once
+    huge = 2 ** 22  # 4 M images of 32 px: tens of GB of activations
+    micro = _auto_micro_batch(model, 32, huge, dev)
+    assert micro < huge and huge % micro == 0

@@ -138,8 +138,12 @@ def _decode_into(fd: int, offset: int, spec: PreprocessSpec, max_pixels: int,
 
 def build_cache(index: DatasetIndex, spec: PreprocessSpec, cache_dir: str | os.PathLike | None = None,
                 workers: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
-                progress: bool | None = None) -> ImageCache:
-    """Return the cache for (index, spec), reusing a complete one or building it."""
+                progress: bool | None = None, build: bool = True) -> ImageCache:
+    """Return the cache for (index, spec), reusing a complete one or building it.
+
+    build=False only opens an existing cache (DDP ranks other than 0) and raises UserError
+    if there is none, which on several machines means the cache folder is not shared.
+    """
     base = (Path(cache_dir) if cache_dir else default_cache_dir()) / "images"
     if is_within(base, Path(index.root)):
         raise UserError(f"cache folder {display(base)} is inside the data folder "
@@ -154,7 +158,12 @@ def build_cache(index: DatasetIndex, spec: PreprocessSpec, cache_dir: str | os.P
                 return cache
         except ValueError:
             pass
-        shutil.rmtree(final, ignore_errors=True)
+        if build:
+            shutil.rmtree(final, ignore_errors=True)
+    if not build:
+        raise UserError(f"no image cache at {display(final)}: rank 0 built it in its cache folder, "
+                        "which this machine does not see; on several machines give every rank "
+                        "the same shared --cache-dir")
 
     t0 = time.perf_counter()
     base.mkdir(parents=True, exist_ok=True)

@@ -159,9 +159,10 @@ def cmd_train(args) -> int:
         except (OSError, ValueError):
             raise UserError(f"{display(run)}: not a run folder (no readable config.json)") from None
         base = TrainConfig(**saved)
-        # Only the length of the run may change on resume; everything else is the run's own.
-        changed = {k: v for k, v in overrides.items() if k not in ("epochs", "data_dir")
-                   and v != getattr(base, k) and k not in ("device", "threads", "compile")}
+        # Only the length of the run and the hardware may change on resume.
+        may_change = ("epochs", "data_dir", "time_limit", "device", "threads", "compile", "cache_dir")
+        changed = {k: v for k, v in overrides.items()
+                   if k not in may_change and v != getattr(base, k)}
         if changed:
             raise UserError(f"--resume continues a run with its own settings; cannot change "
                             f"{', '.join(sorted(changed))}")
@@ -203,6 +204,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--epochs", type=int, help="default 25")
     m.add_argument("--batch-size", dest="batch_size", type=int, metavar="N",
                    help="global batch size (default 128; per rank = global / world size)")
+    m.add_argument("--micro-batch", dest="micro_batch", type=int, metavar="N",
+                   help="images per forward/backward pass, gradients accumulated to the batch "
+                        "(default 0 = automatic: what fits in free memory)")
     m.add_argument("--optimizer", choices=CHOICES["optimizer"], help="default adam")
     m.add_argument("--lr", type=float, help="peak learning rate (default 3e-4)")
     m.add_argument("--weight-decay", dest="weight_decay", type=float)

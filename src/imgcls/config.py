@@ -32,6 +32,8 @@ class TrainConfig:
     # optimisation
     epochs: int = 25
     batch_size: int = 128  # global: split evenly across DDP ranks
+    micro_batch: int = 0  # images per forward/backward pass (gradients accumulate to
+    #                       batch_size); 0 = auto: the largest that fits in free memory
     optimizer: str = "adam"  # "adam", "adamw" or "sgd"
     lr: float = 3e-4  # peak learning rate
     weight_decay: float = 0.0
@@ -102,6 +104,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.image_size >= 1, "image size must be a positive number of pixels"),
         (cfg.epochs >= 1, "epochs must be at least 1"),
         (cfg.batch_size >= 1, "batch size must be at least 1"),
+        (cfg.micro_batch >= 0, "micro batch must be >= 0 (0 = automatic)"),
         (cfg.lr > 0, "learning rate must be positive"),
         (0 < cfg.val_split < 1 or cfg.val_dir, "val-split must be between 0 and 1"),
         (0 <= cfg.label_smoothing < 1, "label smoothing must be in [0, 1)"),

@@ -130,10 +130,9 @@ def prepare_data(cfg: TrainConfig, world: D.World):
             sp = (split_with_val_dir(index, val_index) if val_index else
                   split_index(index, cfg.val_split, cfg.seed, cfg.split))
             progress = None if world.main else False
-            cache = build_cache(index, spec, cfg.cache_dir, max_pixels=cfg.max_pixels,
-                                progress=progress)
-            val_cache = build_cache(val_index, spec, cfg.cache_dir, max_pixels=cfg.max_pixels,
-                                    progress=progress) if val_index else cache
+            kw = dict(max_pixels=cfg.max_pixels, progress=progress, build=world.main)
+            cache = build_cache(index, spec, cfg.cache_dir, **kw)
+            val_cache = build_cache(val_index, spec, cfg.cache_dir, **kw) if val_index else cache
             out = (index, sp, spec, cache, val_cache)
         D.barrier(world)
     return out
@@ -323,6 +322,11 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
                                drop_last=len(train_rows) % cfg.batch_size == 1)
     val_loader = BatchLoader(val_cache, val_rows, per_rank_batch, shuffle=False, rank=world.rank,
                              world_size=world.size, device=device)
+    micro = cfg.micro_batch or _auto_micro_batch(model, cfg.image_size, per_rank_batch, device)
+    if micro < per_rank_batch:
+        _log(world, f"imgcls: note: {per_rank_batch} images at once do not fit in free memory here; "
+             f"each step accumulates gradients over passes of {micro} (BatchNorm sees {micro} "
+             "images at a time; --micro-batch to choose)", file=sys.stderr)
     steps = len(train_loader)
     total_steps = steps * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps))
@@ -397,20 +401,26 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
                 x = to_float(batch.images)
                 if aug_cfg.active:
                     x = augment_batch(x, aug_cfg, aug_gen)
-                with autocast():
-                    logits = net(x)
-                    loss = loss_fn(logits.float(), batch.labels)
+                n = len(batch.labels)
                 opt.zero_grad(set_to_none=True)
+                parts = range(0, n, micro)
+                for j, lo in enumerate(parts):
+                    xs, ys = x[lo:lo + micro], batch.labels[lo:lo + micro]
+                    # DDP: all-reduce gradients once per step, on the last pass only.
+                    last = j == len(parts) - 1
+                    sync = nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
+                    with sync:
+                        with autocast():
+                            logits = net(xs)
+                            loss = loss_fn(logits.float(), ys) * (len(ys) / n)
+                        (scaler.scale(loss) if scaler is not None else loss).backward()
+                    sums[0] += loss.detach().double() * n
+                    sums[1] += (logits.detach().argmax(1) == ys).sum()
                 if scaler is not None:
-                    scaler.scale(loss).backward()
                     scaler.step(opt)
                     scaler.update()
                 else:
-                    loss.backward()
                     opt.step()
-                n = len(batch.labels)
-                sums[0] += loss.detach().double() * n
-                sums[1] += (logits.detach().argmax(1) == batch.labels).sum()
                 sums[2] += n
                 seen += n
                 step += 1
@@ -501,6 +511,53 @@ def _cpu_hint(cfg: TrainConfig, steps: int, seconds: float, done: int) -> None:
           f"{fmt(per_epoch)} ({cfg.epochs} epochs: {fmt(per_epoch * cfg.epochs)}). "
           "`--preset cpu` trains a CPU-sized network instead (see BENCHMARKS.md).",
           file=sys.stderr, flush=True)
+
+
+def _available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62  # unknown: assume it fits
+
+
+def _auto_micro_batch(model: nn.Module, size: int, batch: int, device: torch.device) -> int:
+    """Largest divisor of batch whose activations fit in 60% of free memory.
+
+    Activation bytes per image = the sum of every layer's output for one image (measured by
+    a no-grad forward), doubled for gradients and allocator slack. The tutorial's network at
+    180 px needs ~115 MB per image, so its batch of 128 (~30 GB) was killed by the kernel's
+    OOM killer on a 24 GB machine before this existed.
+    """
+    total = [0]
+
+    def hook(mod, inp, out):
+        if torch.is_tensor(out):
+            total[0] += out.numel() * out.element_size()
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    per_image = 2 * total[0]
+    budget = 0.6 * _available_memory(device)
+    if batch * per_image <= budget:
+        return batch
+    micro = max(1, int(budget // per_image))
+    while batch % micro:
+        micro -= 1
+    return micro
 
 
 def _should_stop(world: D.World, stop: _StopFlag, device: torch.device) -> bool:
