@@ -33,14 +33,14 @@ if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'
   echo "== imgcls train (GPU: the Keras tutorial's recipe)"
   TRAIN=(--epochs 25)
 else
-  echo "== imgcls train (CPU: --preset cpu, 10 epochs)"
-  TRAIN=(--preset cpu --epochs 10)
+  echo "== imgcls train (CPU: --preset cpu, 14 epochs, about 6 minutes on 2 cores)"
+  TRAIN=(--preset cpu --epochs 14)
 fi
 if [ -n "$VAL" ]; then TRAIN+=(--val-dir "$VAL"); fi
 imgcls train "$DATA" --out "$RUN" "${TRAIN[@]}"
 echo "== imgcls evaluate $RUN"
 imgcls evaluate "$RUN"
-PHOTO=$(find "${VAL:-$DATA}" -type f -iname '*.jpg' | sort | head -n 1)
+PHOTO=$(find "${VAL:-$DATA}" -type f -iname '*.jpg' | sort | head -n 1 || true)
 echo "== imgcls predict $RUN $PHOTO"
 imgcls predict "$RUN" "$PHOTO"
 echo "Run folder: $RUN"
