@@ -162,3 +162,11 @@ def test_unreachable_server_and_404_fail_fast_with_one_line(server, tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("imgcls: error: no network") and err.count("\n") == 1
     assert not os.listdir(tmp_path) or all(p.endswith(".part") for p in os.listdir(tmp_path))
+
+
+def test_a_file_that_is_not_a_zip_is_a_one_line_error(server, tmp_path, capsys):
+    h, base = server
+    h.files["/pets.zip"] = b"<html>a login page, not an archive</html>"
+    assert main(["download", "--dest", str(tmp_path), "--url", base + "/pets.zip"]) == 2
+    err = capsys.readouterr().err
+    assert "not a zip archive" in err and err.count("\n") == 1

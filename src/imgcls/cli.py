@@ -13,6 +13,7 @@ import sys
 
 from imgcls import __version__
 from imgcls.errors import UserError
+from imgcls.runtime import keep_freed_memory  # stdlib only: cheap to import
 
 
 def _add_scan_options(p: argparse.ArgumentParser) -> None:
@@ -256,6 +257,7 @@ def cmd_predict(args) -> int:
         print(f"imgcls: error: {e}", file=sys.stderr)
     if not files:
         raise UserError("nothing to predict" + ("" if errors else ": give image files or folders"))
+    keep_freed_memory()
     predictor = Predictor.from_checkpoint(args.model, device=args.device)
     show = sys.stderr.isatty() and len(files) > args.batch_size
     tta = predictor.recommends_tta if args.tta is None else args.tta
@@ -287,6 +289,7 @@ def cmd_evaluate(args) -> int:
     from imgcls.fsutil import display
     from imgcls.predict import Predictor
 
+    keep_freed_memory()
     predictor = Predictor.from_checkpoint(args.model, device=args.device)
     model_path = Path(args.model)
     run_dir = model_path if model_path.is_dir() else resolve_model_path(model_path).parent
@@ -347,6 +350,7 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from imgcls.serve import ServeLimits, serve
 
+    keep_freed_memory()
     limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                          max_files=args.max_files, max_pixels=args.max_pixels)
     serve(args.model, args.host, args.port, limits, args.device)

@@ -1,7 +1,7 @@
 """Process-level settings for speed: the CPU thread count and glibc's allocator.
 
 Owns the few knobs that belong to a whole process rather than to a module, applied once by
-a command's entry point (train, bench), never on import.
+a command's entry point (train, predict, evaluate, serve, the benches), never on import.
 """
 
 from __future__ import annotations

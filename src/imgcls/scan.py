@@ -266,7 +266,7 @@ def check_file(path: str, image_name: bool, max_pixels: int, min_side: int) -> C
             head = f.read(64)
             if not head:
                 return (bad, "empty file", "", 0, 0)
-            if not image_name and not _might_be_image(f, head):
+            if not image_name and not _might_be_image(f):
                 return ("ignored", "not an image", "", 0, 0)
             f.seek(0)
             data = f.read()
@@ -302,7 +302,7 @@ def check_file(path: str, image_name: bool, max_pixels: int, min_side: int) -> C
     return ("ok", "", digest, w, h)
 
 
-def _might_be_image(f, head: bytes) -> bool:
+def _might_be_image(f) -> bool:
     """Cheap content test for files without an image extension (so a 4 GB video is not read)."""
     from PIL import Image
 
