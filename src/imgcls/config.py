@@ -87,7 +87,7 @@ PRESETS: dict[str, dict] = {
     # Measured in bench/time_to_accuracy.py on 2 CPU cores (BENCHMARKS.md): a dense small
     # ResNet at 128 px sees ~80 images/s where the tutorial's network at 180 px sees ~5.
     "cpu": {
-        "model": "resnet-cpu", "image_size": 128, "batch_size": 64, "epochs": 30,
+        "model": "resnet-cpu", "image_size": 128, "batch_size": 64, "epochs": 36,
         "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "schedule": "onecycle",
         "warmup_epochs": 2, "label_smoothing": 0.1, "flip": True, "rotation": 0.05,
         "zoom": 0.15, "translate": 0.1, "brightness": 0.1, "contrast": 0.1, "tta": True,
