@@ -430,7 +430,7 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
                     bar.update()
                     if step % 10 == 0 or step == steps:
                         bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.4f}")
-                if _should_stop(world, stop, device) and step < steps:
+                if _should_stop(world, stop, device, step) and step < steps:
                     break
             if bar is not None:
                 bar.close()
@@ -560,10 +560,16 @@ def _auto_micro_batch(model: nn.Module, size: int, batch: int, device: torch.dev
     return micro
 
 
-def _should_stop(world: D.World, stop: _StopFlag, device: torch.device) -> bool:
-    """Every rank must stop at the same step, or DDP's next all-reduce would hang."""
+def _should_stop(world: D.World, stop: _StopFlag, device: torch.device, step: int) -> bool:
+    """Every rank must stop at the same step, or DDP's next all-reduce would hang.
+
+    Ranks agree every 8 steps only: the all-reduce + .item() would otherwise stall the GPU
+    pipeline every step.
+    """
     if not world.active:
         return stop.signal is not None
+    if step % 8:
+        return False
     flag = torch.tensor([1.0 if stop.signal is not None else 0.0], device=device)
     D.all_sum(world, flag)
     if flag.item() and stop.signal is None:
