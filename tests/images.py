@@ -101,3 +101,12 @@ def two_class_tree(root, n_per_class: int = 16, size: int = 40, classes=("cat", 
             arr = np.clip(arr + np.array(tints[c], dtype=np.int16), 0, 255).astype(np.uint8)
             save(root / name / f"{name}.{i}.jpg", arr, "JPEG", quality=92)
     return root
+
+
+def train_tiny(data, run, *extra: str) -> Path:
+    """Train the tiny test network on `data` into `run` through the CLI; returns run."""
+    from imgcls.cli import main
+
+    assert main(["train", str(data), "--out", str(run), "--model", "xception-tiny",
+                 "--image-size", "32", "--batch-size", "8", *extra]) == 0
+    return Path(run)

@@ -90,7 +90,7 @@ def test_killed_build_leaves_no_usable_cache(tree, tmp_path):
     c = tmp_path / "c"
     code = ("import sys; from imgcls.scan import scan; from imgcls.cache import build_cache; "
             "from imgcls.preprocess import PreprocessSpec; "
-            f"build_cache(scan(sys.argv[1]), PreprocessSpec(24, 32), sys.argv[2], workers=1)")
+            "build_cache(scan(sys.argv[1]), PreprocessSpec(24, 32), sys.argv[2], workers=1)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tree), str(c)])
     deadline = time.time() + 60
     while time.time() < deadline and not any((c / "images").glob("*.tmp-*/images.npy")):

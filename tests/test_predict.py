@@ -26,10 +26,7 @@ SENTENCE = re.compile(r"^This image is (\d+\.\d\d)% cat and (\d+\.\d\d)% dog\.$"
 def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("pred")
     data = images.two_class_tree(base / "data", 20, 40)
-    run = base / "run"
-    assert main(["train", str(data), "--out", str(run), "--model", "xception-tiny",
-                 "--image-size", "32", "--batch-size", "8", "--lr", "3e-3", "--epochs", "4",
-                 "--seed", "1"]) == 0
+    run = images.train_tiny(data, base / "run", "--lr", "3e-3", "--epochs", "4", "--seed", "1")
     return data, run
 
 
@@ -164,3 +161,15 @@ def test_predict_never_imports_training_code(trained):
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_roc_auc_by_counting_pairs():
+    from imgcls.evaluate import roc_auc
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 60)
+    scores = rng.integers(0, 6, 60) / 5  # many ties
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    pairs = [(p > n) + 0.5 * (p == n) for p in pos for n in neg]
+    assert roc_auc(labels, scores) == pytest.approx(np.mean(pairs))
+    assert roc_auc(np.zeros(4, int), scores[:4]) is None

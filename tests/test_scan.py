@@ -16,7 +16,6 @@ from PIL import Image
 
 import images
 from imgcls.cli import main
-from imgcls.errors import UserError
 from imgcls.scan import ScanOptions, scan
 
 NON_UTF8 = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 name, not valid UTF-8

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import os
 import shutil
 import socket
 import subprocess
@@ -17,7 +15,6 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import images  # noqa: E402
-from imgcls.cli import main  # noqa: E402
 from imgcls.serve import ServeLimits, create_app  # noqa: E402
 from conftest import SHARED  # noqa: E402
 
@@ -26,9 +23,7 @@ from conftest import SHARED  # noqa: E402
 def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("serve")
     data = images.two_class_tree(base / "data", 10, 40)
-    assert main(["train", str(data), "--out", str(base / "run"), "--model", "xception-tiny",
-                 "--image-size", "32", "--batch-size", "8", "--epochs", "1"]) == 0
-    return base / "run"
+    return images.train_tiny(data, base / "run", "--epochs", "1")
 
 
 @pytest.fixture(scope="module")

@@ -249,7 +249,6 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 def cmd_predict(args) -> int:
     import csv
 
-    from imgcls.fsutil import display
     from imgcls.predict import Predictor, expand_inputs
 
     files, errors = expand_inputs(args.paths)

@@ -9,7 +9,6 @@ for a confusion matrix and a rank-based AUC).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -61,21 +60,11 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     pos, neg = scores[labels == 1], scores[labels == 0]
     if not len(pos) or not len(neg):
         return None
-    order = np.argsort(np.concatenate([neg, pos]), kind="mergesort")
-    allv = np.concatenate([neg, pos])[order]
-    ranks = np.empty(len(allv))
-    # average ranks over ties
-    i = 0
-    while i < len(allv):
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[i:j + 1] = (i + j) / 2 + 1
-        i = j + 1
-    r = np.empty(len(allv))
-    r[order] = ranks
-    pos_ranks = r[len(neg):].sum()
-    return float((pos_ranks - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    # 1-based ranks, tied scores sharing their average rank (Mann-Whitney U).
+    _, inv, counts = np.unique(np.concatenate([neg, pos]), return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inv]
+    u = ranks[len(neg):].sum() - len(pos) * (len(pos) + 1) / 2
+    return float(u / (len(pos) * len(neg)))
 
 
 def evaluate(predictor: Predictor, items: list[tuple[str, int]], names: list[str] | None = None,
