@@ -47,3 +47,21 @@ def test_truncated_or_flipped_bytes_are_detected(tmp_path):
     p.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError):
         load_checkpoint(p)
+
+
+def test_resume_picks_the_most_advanced_checkpoint_not_last_by_name(tmp_path):
+    from imgcls.checkpoint import epoch_path, find_resumable
+
+    def ck(epoch, step=0):
+        c = make()
+        return Checkpoint(c.weights, {"epoch": epoch, "step": step}, c.train_tensors,
+                          {"epoch": epoch, "step": step})
+
+    # killed after writing epoch 3 but before `last` was re-linked to it
+    save_checkpoint(epoch_path(tmp_path, 2), ck(2))
+    save_checkpoint(epoch_path(tmp_path, 3), ck(3))
+    save_checkpoint(tmp_path / "last.safetensors", ck(2))
+    assert find_resumable(tmp_path)[1].name == "epoch_003.safetensors"
+    # a Ctrl-C mid-epoch 4 is further along than any epoch file
+    save_checkpoint(tmp_path / "last.safetensors", ck(3, 5))
+    assert find_resumable(tmp_path)[1].name == "last.safetensors"

@@ -140,16 +140,24 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
 
 
 def find_resumable(run_dir: str | os.PathLike) -> tuple[Checkpoint, Path, list[str]]:
-    """The newest intact resumable checkpoint of a run: last, else the newest epoch file.
+    """The most advanced intact resumable checkpoint of a run: last or an epoch file.
 
-    Returns (checkpoint, its path, warnings about damaged files that were skipped).
+    Ordered by (epoch, step) from their metadata, not by name: a kill between writing
+    epoch_N and re-linking `last` leaves `last` one epoch behind. Returns (checkpoint, its
+    path, warnings about damaged files that were skipped).
     """
     run = Path(run_dir)
-    candidates = [run / LAST] + sorted((run / EPOCHS).glob("epoch_*.safetensors"), reverse=True)
     skipped = []
-    for p in candidates:
+    ranked = []
+    for p in [run / LAST, *sorted((run / EPOCHS).glob("epoch_*.safetensors"))]:
         if not p.exists():
             continue
+        try:
+            m = read_metadata(p)
+            ranked.append(((m.get("epoch", 0), m.get("step", 0), p.name == LAST), p))
+        except CheckpointError as exc:
+            skipped.append(str(exc))
+    for _, p in sorted(ranked, key=lambda kv: kv[0], reverse=True):
         try:
             ckpt = load_checkpoint(p)
         except CheckpointError as exc:
