@@ -110,3 +110,35 @@ def train_tiny(data, run, *extra: str) -> Path:
     assert main(["train", str(data), "--out", str(run), "--model", "xception-tiny",
                  "--image-size", "32", "--batch-size", "8", *extra]) == 0
     return Path(run)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The `imgcls: error:` lines of a command's stderr, checked to carry no traceback.
+
+    Tests count these, not all of stderr's lines: a library's warning (a deprecation, a
+    oneDNN note on some CPU) may add lines that say nothing about our behaviour.
+    """
+    assert "Traceback" not in stderr, stderr[-2000:]
+    return [line for line in stderr.splitlines() if line.startswith("imgcls: error:")]
+
+
+def close_after_training(a: dict, b: dict, init: dict, rel: float = 1e-3) -> list[str]:
+    """Names of float tensors where runs a and b differ by more than `rel` of how far
+    training moved them from `init` (plus float32 rounding of the values themselves).
+
+    Two computations of the same update in a different order (micro-batches, DDP's sum of
+    half-batch means, AVX2 vs AVX-512 vs AMX kernels, 1 vs 2 threads) differ by rounding,
+    which grows with the update; a wrong update differs by the update's own size.
+    """
+    import torch
+
+    bad = []
+    for k, va in a.items():
+        if not va.is_floating_point():
+            continue
+        moved = (va.double() - init[k].double()).abs().max().item()
+        tol = rel * moved + 1e-6 * max(1.0, va.abs().max().item())
+        diff = (va.double() - b[k].double()).abs().max().item()
+        if diff > tol:
+            bad.append(f"{k}: |a-b| {diff:.2e} > {tol:.2e} (moved {moved:.2e})")
+    return bad

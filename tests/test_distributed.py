@@ -22,8 +22,10 @@ from imgcls.checkpoint import load_checkpoint
 # ranks x 4 images and 1 process x 8 images compute the same global-batch gradient, and the
 # only difference is the order of floating-point sums (DDP averages two half-batch means).
 # Plain SGD keeps that difference at rounding size (Adam divides by the gradient's own scale
-# and so turns rounding noise in near-zero gradients into lr-sized steps). Tolerance: 1e-5
-# absolute on every weight after 2 epochs (8 steps), ~100x float32 rounding of the updates.
+# and so turns rounding noise in near-zero gradients into lr-sized steps). Rounding differs
+# between CPUs (AVX2, AVX-512, AMX kernels), so the tolerance is relative: 1e-3 of how far
+# training moved each weight (images.close_after_training); a wrong gradient is off by the
+# whole step.
 SETTINGS = {"model": "xception-tiny", "model_options": {"dropout": 0.0, "norm": "group"},
             "image_size": 32, "batch_size": 8, "optimizer": "sgd", "lr": 0.05, "flip": False,
             "rotation": 0.0, "seed": 5, "threads": 1}
@@ -66,12 +68,17 @@ def test_two_ranks_match_one_process(setup, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     a = load_checkpoint(ddp / "last.safetensors").weights
     b = load_checkpoint(one / "last.safetensors").weights
-    for k in a:
-        if a[k].is_floating_point():
-            assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), (k, (a[k] - b[k]).abs().max())
+    from imgcls.models import ModelConfig, create_model
+
+    torch.manual_seed(SETTINGS["seed"])  # fit() draws the initial weights the same way
+    init = create_model(ModelConfig("xception-tiny", 2, SETTINGS["model_options"])).state_dict()
+    assert images.close_after_training(a, b, init) == []
+    # Validation is over the whole split, reduced across ranks: the same images are counted.
+    # The weights agree to rounding, so at most one near-tie image may flip.
+    n_val = json.loads((ddp / "data.json").read_text())["val_images"]
     va = history[-1]["val_accuracy"]
     vb = json.loads((one / "metrics.jsonl").read_text().splitlines()[-1])["val_accuracy"]
-    assert va == vb  # validation is over the whole split, reduced across ranks
+    assert abs(va - vb) * n_val <= 1 + 1e-9
 
 
 def test_batch_not_divisible_is_a_clear_error(setup, tmp_path):

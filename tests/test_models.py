@@ -73,3 +73,50 @@ def test_summary_command_prints_the_table_and_total(capsys):
     assert main(["summary", "--image-size", "8"]) == 2
     assert main(["summary", "--model", "nope"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_strided_pointwise_is_a_stride_2_one_by_one_convolution():
+    """The oneDNN work-around computes exactly what nn.Conv2d(k=1, stride=2) computes."""
+    from imgcls.models.xception import StridedPointwise
+
+    torch.manual_seed(0)
+    ours = StridedPointwise(8, 16, 2)
+    ref = torch.nn.Conv2d(8, 16, 1, stride=2)
+    ref.load_state_dict(ours.state_dict())
+    for size in (16, 17):  # even and odd: ceil(H / 2) output rows either way
+        x = torch.randn(3, 8, size, size)
+        a, b = ours(x), ref(x)
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6)
+        ga = torch.autograd.grad(a.square().sum(), ours.weight)[0]
+        gb = torch.autograd.grad(b.square().sum(), ref.weight)[0]
+        assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-5)
+
+
+# oneDNN 3.12 (PyTorch 2.13) on AVX-512: the weight gradient of a 1x1 stride-2 convolution
+# in channels_last, with 2 threads and an odd batch, kills the process. The smallest trigger:
+ONEDNN_TRIGGER = """
+import torch
+torch.set_num_threads(2)
+conv = torch.nn.Conv2d(8, 16, 1, stride=2, bias=False).to(memory_format=torch.channels_last)
+x = torch.randn(5, 8, 16, 16).contiguous(memory_format=torch.channels_last)
+conv(x).sum().backward()
+"""
+
+
+def test_odd_batch_channels_last_training_does_not_crash(tmp_path):
+    """The trigger's shapes, through `imgcls train` (channels_last, 2 threads, batch 5): it
+    must finish. Where plain PyTorch crashes on the trigger, this is the work-around's test;
+    elsewhere it still checks odd batches train."""
+    import subprocess
+    import sys
+
+    import images
+
+    raw = subprocess.run([sys.executable, "-c", ONEDNN_TRIGGER], capture_output=True, timeout=120)
+    data = images.two_class_tree(tmp_path / "data", 8, 40)
+    res = subprocess.run([sys.executable, "-m", "imgcls", "train", str(data), "--out",
+                          str(tmp_path / "run"), "--model", "xception-tiny", "--image-size", "32",
+                          "--batch-size", "5", "--epochs", "1", "--threads", "2",
+                          "--channels-last"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (f"plain PyTorch trigger exit {raw.returncode}; imgcls exit "
+                                 f"{res.returncode}: {res.stderr[-1500:]}")

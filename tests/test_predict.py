@@ -66,7 +66,8 @@ def test_a_broken_file_is_reported_and_the_rest_predicted(trained, tmp_path, cap
     capsys.readouterr()
     assert main(["predict", str(run), str(folder)]) == 1
     captured = capsys.readouterr()
-    assert captured.err.count("\n") == 1 and "1b_broken.jpg" in captured.err
+    errors = images.error_lines(captured.err)
+    assert len(errors) == 1 and "1b_broken.jpg" in errors[0]
     lines = captured.out.strip().splitlines()
     assert len(lines) == 3 and all(SENTENCE.match(l.split(": ", 1)[1]) for l in lines)
     assert main(["predict", str(run), str(tmp_path / "missing.jpg")]) == 2
@@ -127,7 +128,10 @@ def test_prediction_equals_the_models_output_during_training(trained):
         want = model(x).softmax(1).numpy()
     predictor = Predictor.from_checkpoint(run)
     got = predictor.predict([index.abspath(s) for s in index.samples[:10]])
-    assert np.allclose([[p.probabilities[c] for c in ("cat", "dog")] for p in got], want, atol=1e-6)
+    # Same model, same pixels; predict runs it channels_last, whose kernels round differently
+    # on each CPU: agreement to 1e-5 in probability, far below what a preprocessing change gives.
+    assert np.allclose([[p.probabilities[c] for c in ("cat", "dog")] for p in got], want,
+                       rtol=0, atol=1e-5)
 
 
 def test_tta_and_many_classes_top_k(tmp_path, capsys):

@@ -194,7 +194,8 @@ def test_unusable_folder_is_one_line_error(tmp_path, capsys, setup, message):
     setup(root)
     assert main(["scan", str(root)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("imgcls: error: ") and message in err
+    errs = images.error_lines(err)
+    assert len(errs) == 1 and message in errs[0]
 
 
 def test_file_instead_of_folder_is_one_line_error(tmp_path, capsys):

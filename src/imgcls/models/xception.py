@@ -71,6 +71,24 @@ class SameMaxPool(nn.Module):
         return F.max_pool2d(x, 3, 2, (ph, pw), ceil_mode=True)
 
 
+class StridedPointwise(nn.Conv2d):
+    """A 1x1 convolution with stride s, computed as "keep every s-th pixel, then a 1x1 conv".
+
+    The same arithmetic and the same parameters as nn.Conv2d(cin, cout, 1, stride=s), but
+    it never reaches oneDNN's strided 1x1 weight-gradient kernel: in oneDNN 3.12 (PyTorch
+    2.13, AVX-512 CPUs) that kernel crashes the process (SIGSEGV/SIGABRT/SIGBUS) for
+    channels_last inputs, 2+ threads, an odd batch and narrow widths (61 of 288 shapes
+    probed, e.g. batch 5, 8 -> 16 channels, 16x16). Stride 1 crashed in none of the same 288.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 2):
+        super().__init__(cin, cout, 1, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride[0]
+        return F.conv2d(x[..., ::s, ::s], self.weight, self.bias)  # (B, cout, ceil(H/s), ceil(W/s))
+
+
 class SeparableConv(nn.Sequential):
     """Keras SeparableConv2D: depthwise 3x3 (no bias) then pointwise 1x1 (with bias)."""
 
@@ -89,7 +107,7 @@ class XBlock(nn.Module):
             nn.ReLU(), SeparableConv(cin, cout), bn(cout, bn_momentum, norm),
             nn.ReLU(), SeparableConv(cout, cout), bn(cout, bn_momentum, norm),
             SameMaxPool())
-        self.residual = nn.Conv2d(cin, cout, 1, stride=2)
+        self.residual = StridedPointwise(cin, cout, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + self.residual(x)
