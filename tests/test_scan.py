@@ -228,3 +228,50 @@ def test_index_json_round_trip(dirty):
     assert again.abspath(again.samples[0]) == os.path.join(dirty, again.samples[0].path)
     assert np.array_equal(np.asarray(Image.open(again.abspath(again.samples[0]))),
                           np.asarray(Image.open(index.abspath(index.samples[0]))))
+
+
+@pytest.mark.parametrize("link, target, where", [
+    ("ants/up", "..", "the data folder itself"),
+    ("ants/more", "../bees", "class folder bees"),
+    ("ants/other", "../bees/sub", "bees/sub in class bees"),
+])
+def test_a_link_never_relabels_another_class(tmp_path, capsys, link, target, where):
+    root = tmp_path / "data"
+    for i in range(3):
+        images.jpeg(root / "ants" / f"a{i}.jpg", seed=i)
+        images.jpeg(root / "bees" / f"b{i}.jpg", seed=50 + i)
+        images.jpeg(root / "bees" / "sub" / f"s{i}.jpg", seed=80 + i)
+    os.symlink(target, root / link)
+    outside = tmp_path / "elsewhere"  # a link out of the data folder still works
+    images.jpeg(outside / "far.jpg", seed=99)
+    os.symlink(outside, root / "ants" / "ext")
+    before = tree_state(root)
+    doc = run_json(capsys, root)
+    assert doc["per_class"] == {"ants": 4, "bees": 6}  # every class keeps its own photos
+    ignored = {r["path"]: r["reason"] for r in doc["ignored"]}
+    assert where in ignored[link] and "not followed" in ignored[link]
+    index = scan(root, ScanOptions(use_cache=False))
+    by_label = {s.path: index.class_names[s.label] for s in index.samples}
+    assert by_label["ants/ext/far.jpg"] == "ants"
+    assert all(c == p.split("/")[0] for p, c in by_label.items())
+    assert tree_state(root) == before
+
+
+def test_a_file_link_into_another_class_is_not_taken(tmp_path, capsys):
+    root = tmp_path / "data"
+    images.jpeg(root / "ants" / "a.jpg", seed=1)
+    images.jpeg(root / "bees" / "b.jpg", seed=2)
+    os.symlink("../bees/b.jpg", root / "ants" / "stolen.jpg")
+    doc = run_json(capsys, root)
+    assert doc["per_class"] == {"ants": 1, "bees": 1}
+    assert "belong to bees" in {r["path"]: r["reason"] for r in doc["ignored"]}["ants/stolen.jpg"]
+
+
+def test_a_class_folder_linked_to_another_class_is_not_a_class(tmp_path, capsys):
+    root = tmp_path / "data"
+    for c in ("ants", "bees", "wasps"):
+        images.jpeg(root / c / "x.jpg", seed=len(c))
+    os.symlink("bees", root / "bees2")
+    doc = run_json(capsys, root)
+    assert doc["classes"] == ["ants", "bees", "wasps"]
+    assert "not a class" in {r["path"]: r["reason"] for r in doc["ignored"]}["bees2"]

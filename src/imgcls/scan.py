@@ -178,12 +178,20 @@ def _list_files(root: Path) -> tuple[list[str], list[_Candidate], list[FileNote]
         else:
             ignored.append(FileNote(e.name, "not in a class folder"))
 
+    class_names, link_notes = _drop_linked_classes(root, class_names)
+    ignored += link_notes
+    real_classes = {cls: os.path.realpath(root / cls) for cls in class_names}
     candidates: list[_Candidate] = []
     visited: dict[tuple[int, int], str] = {}
     for label, cls in enumerate(class_names):
         stack = [(root / cls, cls)]
         while stack:
             folder, rel_folder = stack.pop()
+            if rel_folder != cls:
+                why = _link_relabels(root, real_classes, cls, folder)
+                if why:
+                    ignored.append(FileNote(rel_folder, why))
+                    continue
             try:
                 st = os.stat(folder)
             except OSError as exc:
@@ -212,6 +220,11 @@ def _list_files(root: Path) -> tuple[list[str], list[_Candidate], list[FileNote]
                 elif _entry_is_dir(e):
                     subdirs.append((Path(e.path), rel))
                 else:
+                    why = _link_relabels(root, real_classes, cls, Path(e.path), folder=False) \
+                        if e.is_symlink() else None
+                    if why:
+                        ignored.append(FileNote(rel, why))
+                        continue
                     image_name = os.path.splitext(lower)[1] in IMAGE_EXTENSIONS
                     try:
                         st = e.stat()  # follows a file link
@@ -227,6 +240,61 @@ def _list_files(root: Path) -> tuple[list[str], list[_Candidate], list[FileNote]
                                                  st.st_ctime_ns, image_name))
             stack.extend(reversed(subdirs))
     return class_names, candidates, rejected, ignored
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _link_relabels(root: Path, real_classes: dict[str, str], cls: str, path: Path,
+                   folder: bool = True) -> str | None:
+    """Why following `path` (met inside class `cls`) would label photos wrongly, else None.
+
+    A link inside a class folder that leads to the data folder (or above it), to another
+    class folder or into another class's tree would give that class's photos to `cls`: it is
+    not followed. Links that lead outside the data folder are followed as usual; links back
+    into the class's own tree are left to the loop check (the folder is scanned once).
+    """
+    real = os.path.realpath(path)
+    real_root = str(root)
+    what = "folder link" if folder else "file link"
+    if _inside(real_root, real):
+        where = "the data folder itself" if real == real_root else f"{display(real)}, which holds the data folder"
+        return f"{what} to {where}: not followed (it would relabel other classes' photos)"
+    for other, real_other in real_classes.items():
+        if other != cls and _inside(real, real_other):
+            rel = os.path.relpath(real, real_other)
+            target = f"class folder {display(other)}" if rel == "." else \
+                f"{display(other + '/' + rel.replace(os.sep, '/'))} in class {display(other)}"
+            return (f"{what} to {target}: not followed (those photos belong to "
+                    f"{display(other)}, not {display(cls)})")
+    if _inside(real, real_root) and not _inside(real, real_classes[cls]):
+        return f"{what} to {display(os.path.relpath(real, real_root))} inside the data folder " \
+               "but outside every class folder: not followed"
+    return None
+
+
+def _drop_linked_classes(root: Path, class_names: list[str]) -> tuple[list[str], list[FileNote]]:
+    """Class folders that are links to (or into) another class folder, or to the data
+    folder, are not classes: the same photos would carry two labels."""
+    real_root = str(root)
+    real = {c: os.path.realpath(root / c) for c in class_names}
+    keep, notes = [], []
+    for c in class_names:
+        if _inside(real_root, real[c]):
+            notes.append(FileNote(c, "folder link to the data folder or above it: not a class"))
+            continue
+        # A link that reaches another class's folder loses to the real folder; if both are
+        # links to the same place, the first by name keeps it.
+        owner = next((o for o in class_names if o != c and _inside(real[c], real[o])
+                      and (not os.path.islink(root / o) or o < c or not _inside(real[o], real[c]))),
+                     None)
+        if owner is not None and os.path.islink(root / c):
+            notes.append(FileNote(c, f"folder link into class folder {display(owner)}: not a "
+                                     "class (its photos would carry two labels)"))
+            continue
+        keep.append(c)
+    return keep, notes
 
 
 def _entry_is_dir(e: os.DirEntry) -> bool:
