@@ -28,13 +28,14 @@ from imgcls.checkpoint import load_checkpoint
 # whole step.
 SETTINGS = {"model": "xception-tiny", "model_options": {"dropout": 0.0, "norm": "group"},
             "image_size": 32, "batch_size": 8, "optimizer": "sgd", "lr": 0.05, "flip": False,
-            "rotation": 0.0, "seed": 5, "threads": 1}
+            "rotation": 0.0, "seed": 5, "threads": 1, "amp": "off"}
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp")
-    data = images.two_class_tree(base / "data", 16, 40)
+    # 15 a class: 24 training images, 12 a rank, 3 full steps of 4 (no one-image remainder)
+    data = images.two_class_tree(base / "data", 15, 40)
     cfg = base / "cfg.json"
     cfg.write_text(json.dumps(SETTINGS))
     return data, cfg

@@ -69,7 +69,7 @@ def test_tiny_class_keeps_one_image_each_side(tmp_path):
 def test_val_dir_must_have_the_same_classes(tmp_path):
     for cls in ("a", "b"):
         images.jpeg(tmp_path / "train" / cls / "x.jpg", seed=ord(cls))
-        images.jpeg(tmp_path / "val" / cls / "y.jpg", seed=ord(cls) + 1)
+        images.jpeg(tmp_path / "val" / cls / "y.jpg", seed=ord(cls) + 10)
     images.jpeg(tmp_path / "other" / "a" / "y.jpg")
     images.jpeg(tmp_path / "other" / "c" / "y.jpg", seed=9)
     sp = split_with_val_dir(scan(tmp_path / "train"), scan(tmp_path / "val"))

@@ -91,8 +91,9 @@ def cmd_split(args) -> int:
                           "val": [s.path for s in sp.val.samples]}, indent=1))
     else:
         print(f"Found {len(index.samples)} files belonging to {len(index.class_names)} classes.")
-        print(f"Using {len(sp.train.samples)} files for training.")
-        print(f"Using {len(sp.val.samples)} files for validation.")
+        print("\n".join(sp.summary_lines()))
+    for note in sp.notes:
+        print(f"imgcls: warning: {note}", file=sys.stderr)
     return 0
 
 
@@ -160,6 +161,14 @@ def cmd_train(args) -> int:
         except (OSError, ValueError):
             raise UserError(f"{display(run)}: not a run folder (no readable config.json)") from None
         base = TrainConfig(**saved)
+        if overrides.get("data_dir"):
+            import os
+
+            given = os.path.realpath(os.path.expanduser(overrides["data_dir"]))
+            if given != os.path.realpath(base.data_dir):
+                raise UserError(f"{display(run)} trains on {display(base.data_dir)}, not "
+                                f"{display(given)}; resume reads the run's own data folder "
+                                "(leave DATA_DIR out), or start a new run with --out")
         # Only the length of the run and the hardware may change on resume.
         may_change = ("epochs", "data_dir", "time_limit", "device", "threads", "compile", "cache_dir")
         changed = {k: v for k, v in overrides.items()
@@ -167,7 +176,7 @@ def cmd_train(args) -> int:
         if changed:
             raise UserError(f"--resume continues a run with its own settings; cannot change "
                             f"{', '.join(sorted(changed))}")
-        cfg = resolve({k: v for k, v in overrides.items() if k != "data_dir" or v}, base=base)
+        cfg = resolve({k: v for k, v in overrides.items() if k != "data_dir"}, base=base)
         out = run
     else:
         if not args.data_dir:
@@ -517,7 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         from imgcls.fsutil import display
 
-        print(f"imgcls: error: {display(str(exc))}", file=sys.stderr)
+        from imgcls.errors import PeerError
+
+        if not isinstance(exc, PeerError):  # another rank's copy of rank 0's message
+            print(f"imgcls: error: {display(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("imgcls: interrupted", file=sys.stderr)

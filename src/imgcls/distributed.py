@@ -66,6 +66,21 @@ def all_sum(world: World, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def agree(world: World, device: torch.device | str = "cpu", **flags: float) -> dict[str, float]:
+    """Each named flag combined across ranks by max: every rank gets the same decision.
+
+    The one place where a rank's local view (a signal it received, its clock against a time
+    limit, a non-finite loss it saw, a run folder rank 0 found occupied) becomes a decision
+    that ends or skips work. Every such decision goes through here, at points every rank
+    reaches, so no rank waits in a collective that the others will not enter.
+    """
+    if not world.active:
+        return {k: float(v) for k, v in flags.items()}
+    t = torch.tensor([float(v) for v in flags.values()], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return dict(zip(flags, t.tolist()))
+
+
 def barrier(world: World) -> None:
     if world.active:
         dist.barrier()

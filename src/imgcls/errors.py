@@ -7,3 +7,11 @@ class UserError(Exception):
     The message is a complete sentence fragment naming the file or value and the problem;
     the CLI prints it as `imgcls: error: <message>` and exits with status 2.
     """
+
+
+class PeerError(UserError):
+    """The same stop as a UserError on rank 0, raised on the other ranks of a torchrun job.
+
+    Every rank must leave the same way (or one waits in a collective forever), but only
+    rank 0 prints the message: the CLI exits with status 2 and prints nothing for this one.
+    """

@@ -118,19 +118,34 @@ def format_report(r: EvalReport) -> str:
 
 
 def run_validation_items(run_dir: Path, class_names: list[str]) -> tuple[list[tuple[str, int]], list[str], str]:
-    """The run's own validation images, recomputed from its config (scan is cached)."""
+    """The run's own validation images: the files its record lists (split.json.gz), minus
+    those that vanished or changed since (named in a warning); never files added later.
+    Runs made before records existed get their split recomputed from the config."""
+    import sys
+
     from imgcls.scan import ScanOptions, scan
-    from imgcls.split import split_index
+    from imgcls.split import read_record, restore_split, split_index
 
     try:
         cfg = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         raise UserError(f"{display(run_dir)}: no config.json; give a DATA_DIR to evaluate on") from None
     opts = ScanOptions(max_pixels=cfg["max_pixels"], cache_dir=cfg.get("cache_dir"))
-    if cfg.get("val_dir"):
-        val = scan(cfg["val_dir"], opts)
+    record = read_record(run_dir)
+    index = scan(cfg["data_dir"], opts)
+    val_index = scan(cfg["val_dir"], opts) if cfg.get("val_dir") else None
+    if record is not None:
+        sp, warnings = restore_split(record, index, val_index)
+        for w in warnings:
+            if "validation" in w:
+                print(f"imgcls: warning: {w}", file=sys.stderr)
+        val = sp.val
+    elif val_index is not None:
+        val = val_index
     else:
-        val = split_index(scan(cfg["data_dir"], opts), cfg["val_split"], cfg["seed"], cfg["split"]).val
+        print("imgcls: warning: this run has no record of its files (made by an older imgcls): "
+              "its validation split is recomputed from the folder as it is now", file=sys.stderr)
+        val = split_index(index, cfg["val_split"], cfg["seed"], cfg["split"]).val
     items, names = items_for(val, class_names)
     return items, names, val.root
 

@@ -70,3 +70,66 @@ def thread_map(fn, items: list, workers: int = 0, desc: str = "", unit: str = "f
                 out += res
                 bar.update(len(res))
     return out
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), as PyTorch sees it.
+
+    PyTorch's own probes first (what its oneDNN kernels will use); the OS's CPU flags where
+    a PyTorch build lacks them. Without native bf16, autocast to bf16 emulates it and runs
+    slower than float32, so it is only chosen automatically here.
+    """
+    try:
+        import torch
+
+        probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported",
+                                                         "_is_amx_tile_supported")]
+        if any(p is not None for p in probes):
+            return any(bool(p()) for p in probes if p is not None)
+    except Exception:  # a PyTorch without these probes: ask the OS
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+def precision_for(device_type: str, amp: str, native_bf16: bool | None = None,
+                  cuda_bf16: bool | None = None) -> str:
+    """The precision `amp` means on this device: "bf16", "fp16" or "fp32".
+
+    auto: bf16 on a GPU that has it (else fp16), bf16 on a CPU with native bf16, float32 on
+    other CPUs. `native_bf16` / `cuda_bf16` override the probes (tests fake a capability).
+    """
+    if amp == "off":
+        return "fp32"
+    if amp in ("bf16", "fp16"):
+        return amp
+    if device_type == "cuda":
+        if cuda_bf16 is None:
+            import torch
+
+            cuda_bf16 = torch.cuda.is_bf16_supported()
+        return "bf16" if cuda_bf16 else "fp16"
+    if device_type == "cpu":
+        return "bf16" if (cpu_native_bf16() if native_bf16 is None else native_bf16) else "fp32"
+    return "fp32"
+
+
+def autocast_for(device, amp: str, native_bf16: bool | None = None):
+    """(a no-argument autocast context factory, a GradScaler or None) for training/inference."""
+    from contextlib import nullcontext
+
+    import torch
+
+    precision = precision_for(device.type, amp, native_bf16)
+    if precision == "fp32":
+        return nullcontext, None
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler

@@ -58,6 +58,7 @@ class Sample:
     mtime_ns: int
     width: int
     height: int
+    digest: str = ""  # BLAKE2b-128 of the file's bytes (hex): duplicates, pinned splits
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class DatasetIndex:
     ignored: list[FileNote] = field(default_factory=list)
     duplicates: list[list[str]] = field(default_factory=list)  # byte-identical groups
     label_conflicts: list[list[str]] = field(default_factory=list)  # groups across classes
-    fingerprint: str = ""  # of the accepted files: paths, labels, sizes, mtimes
+    fingerprint: str = ""  # of the accepted files: paths, labels, sizes, mtimes, contents
     stats: dict = field(default_factory=dict)  # this scan only: decoded, from_cache, seconds
 
     def abspath(self, sample: Sample) -> str:
@@ -127,7 +128,8 @@ class DatasetIndex:
 def compute_fingerprint(class_names: list[str], samples: list[Sample]) -> str:
     h = hashlib.sha256(json.dumps(class_names).encode())
     for s in samples:
-        h.update(os.fsencode(s.path) + b"\0" + f"{s.label}:{s.size}:{s.mtime_ns}\n".encode())
+        # The content digest too: a file rewritten with the same size and mtime is new data.
+        h.update(os.fsencode(s.path) + b"\0" + f"{s.label}:{s.size}:{s.mtime_ns}:{s.digest}\n".encode())
     return h.hexdigest()[:32]
 
 
@@ -479,7 +481,7 @@ def scan(data_dir: str | os.PathLike, opts: ScanOptions | None = None) -> Datase
     for c in cands:
         status, reason, digest, w, h = results[c.rel]
         if status == "ok":
-            samples.append(Sample(c.rel, c.label, c.size, c.mtime_ns, w, h))
+            samples.append(Sample(c.rel, c.label, c.size, c.mtime_ns, w, h, digest))
             by_digest[digest].append(c)
         elif status == "rejected":
             rejected.append(FileNote(c.rel, reason))

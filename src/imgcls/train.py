@@ -1,8 +1,17 @@
 """fit(): scan, split, cache, then train with safe checkpoints and exact resume.
 
-Owns the training loop and the run folder:
+Owns the training loop. Its pieces, in the order a run meets them:
+    prepare_data      scan, split (or the run's recorded split on resume), caches
+    build_state       model, optimizer, loss, resumed counters: the TrainState
+    train_epoch       one epoch of optimizer steps (micro-batches, mixed precision)
+    run_validation    loss and accuracy over every validation image, across ranks
+    epoch_stops       the stop rules (signal, divergence, time limit, patience), agreed
+                      by every rank through distributed.agree
+    runfolder.RunWriter   the files: config, data summary, split record, checkpoints
+The run folder:
     run/config.json          the resolved TrainConfig
     run/data.json            scan summary, split sizes, data fingerprints
+    run/split.json.gz        the exact training and validation files (split.write_record)
     run/metrics.jsonl        one JSON object per finished epoch
     run/checkpoints/epoch_NNN.safetensors   resumable, one per epoch (--keep N)
     run/last.safetensors     resumable: the newest state (an epoch, or a Ctrl-C)
@@ -11,12 +20,11 @@ Owns the training loop and the run folder:
 Reproducibility: the data order comes from (seed, epoch), and the dropout and augmentation
 generators are re-seeded from (seed, epoch, rank) at each epoch start, so a run resumed at an
 epoch boundary retraces an uninterrupted one bit for bit on the CPU; a mid-epoch checkpoint
-(Ctrl-C) stores the generator states themselves.
+(Ctrl-C) stores the generator states and the epoch's partial sums themselves.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -26,6 +34,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,18 +44,20 @@ import torch.nn.functional as F
 from imgcls import __version__
 from imgcls import distributed as D
 from imgcls.augment import AugmentConfig, augment_batch, to_float
-from imgcls.cache import build_cache
-from imgcls.checkpoint import (BEST, LAST, Checkpoint, epoch_path, find_resumable,
-                               save_checkpoint)
+from imgcls.cache import ImageCache, build_cache
+from imgcls.checkpoint import BEST, LAST, Checkpoint, find_resumable
 from imgcls.config import TrainConfig
-from imgcls.errors import UserError
-from imgcls.fsutil import atomic_write_bytes, atomic_write_json, display, temp_path_for
+from imgcls.errors import PeerError, UserError
+from imgcls.fsutil import display
 from imgcls.loader import BatchLoader
 from imgcls.models import ModelConfig, create_model
+from imgcls.optim import (class_weights, load_optimizer_state, lr_factor, make_optimizer,
+                          optimizer_state)
 from imgcls.preprocess import PreprocessSpec
-from imgcls.runtime import cpu_threads, keep_freed_memory
-from imgcls.scan import ScanOptions, report_dict, scan
-from imgcls.split import split_index, split_with_val_dir
+from imgcls.runfolder import RunWriter
+from imgcls.runtime import autocast_for, cpu_threads, keep_freed_memory
+from imgcls.scan import DatasetIndex, ScanOptions, report_dict, scan
+from imgcls.split import Split, read_record, restore_split, split_index, split_with_val_dir, write_record
 
 MAXIMIZE = {"val_accuracy": True, "accuracy": True, "val_loss": False, "loss": False}
 
@@ -63,24 +74,17 @@ class FitResult:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: not a device imgcls can use; choose auto, cpu, "
+                        "cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA GPU is available to PyTorch "
                         f"(torch {torch.__version__} is a {'CUDA' if torch.version.cuda else 'CPU-only'} build)")
     return dev
-
-
-def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
-    """Multiplier of the peak learning rate at optimizer step `step` (0-based)."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if kind == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    # one-cycle: after the warm-up, cosine down to 1/1000 of the peak (as fastai/timm do)
-    return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _seed_for(cfg_seed: int, epoch: int, rank: int, stream: int) -> int:
@@ -88,7 +92,7 @@ def _seed_for(cfg_seed: int, epoch: int, rank: int, stream: int) -> int:
 
 
 class _StopFlag:
-    """Turns SIGINT/SIGTERM into a request to stop at the next step boundary."""
+    """Turns SIGINT/SIGTERM into a request to stop at the next agreed step boundary."""
 
     def __init__(self):
         self.signal: int | None = None
@@ -105,7 +109,7 @@ class _StopFlag:
             raise KeyboardInterrupt
         self.signal = signum
         print(f"\nimgcls: {signal.Signals(signum).name}: saving a resumable checkpoint "
-              "after this step (again to quit now)", file=sys.stderr)
+              "after this step (again to quit now)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -117,77 +121,321 @@ def _log(world: D.World, *args, **kw):
         print(*args, **kw, flush=True)
 
 
-def prepare_data(cfg: TrainConfig, world: D.World):
-    """Scan, split and cache (rank 0 builds the caches, the others wait and reuse them)."""
+def _stop_everywhere(world: D.World, message: str):
+    """Raise the same stop on every rank; only rank 0's is printed."""
+    raise UserError(message) if world.main else PeerError(message)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainData:
+    index: DatasetIndex
+    split: Split
+    spec: PreprocessSpec
+    cache: ImageCache
+    val_cache: ImageCache
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+    pinned: bool = False  # the split came from the run's record
+
+
+def prepare_data(cfg: TrainConfig, world: D.World, run: Path | None = None,
+                 resume: bool = False) -> TrainData:
+    """Scan, split and cache (rank 0 builds the caches, the others wait and reuse them).
+
+    On resume the split is the run's record (split.json.gz): the files it trained and
+    validated on, minus those that vanished or changed; files added since are not used.
+    """
     opts = ScanOptions(max_pixels=cfg.max_pixels, cache_dir=cfg.cache_dir,
                        progress=None if world.main else False)
     spec = PreprocessSpec(cfg.image_size, cfg.image_size, resize=cfg.resize)
+    record = read_record(run) if resume and run is not None else None
     out = None
     for turn in ("main", "others"):
         if (turn == "main") == world.main:
             index = scan(cfg.data_dir, opts)
             val_index = scan(cfg.val_dir, opts) if cfg.val_dir else None
-            sp = (split_with_val_dir(index, val_index) if val_index else
-                  split_index(index, cfg.val_split, cfg.seed, cfg.split))
+            if record is not None:
+                sp, warnings = restore_split(record, index, val_index)
+            else:
+                sp = (split_with_val_dir(index, val_index) if val_index else
+                      split_index(index, cfg.val_split, cfg.seed, cfg.split))
+                warnings = list(sp.notes)
+                if resume:
+                    warnings.append("this run has no record of its files (made by an older "
+                                    "imgcls): its split is recomputed from the folder as it is now")
             progress = None if world.main else False
             kw = dict(max_pixels=cfg.max_pixels, progress=progress, build=world.main)
             cache = build_cache(index, spec, cfg.cache_dir, **kw)
             val_cache = build_cache(val_index, spec, cfg.cache_dir, **kw) if val_index else cache
-            out = (index, sp, spec, cache, val_cache)
+            out = TrainData(index, sp, spec, cache, val_cache,
+                            cache.rows_for([s.path for s in sp.train.samples]),
+                            val_cache.rows_for([s.path for s in sp.val.samples]),
+                            warnings, record is not None)
         D.barrier(world)
     return out
 
 
-def _class_weights(cfg: TrainConfig, labels: np.ndarray, n: int) -> torch.Tensor | None:
-    if cfg.class_weights == "none":
+def _data_summary(data: TrainData) -> dict:
+    sp = data.split
+    return {"scan": report_dict(data.index), "split": sp.method, "pinned": data.pinned,
+            "train_images": len(data.train_rows), "val_images": len(data.val_rows),
+            "groups_kept_together": sp.groups_kept_together,
+            "train_fingerprint": sp.train.fingerprint, "val_fingerprint": sp.val.fingerprint,
+            "cache": str(data.cache.folder), "warnings": data.warnings,
+            "dropped": [d.__dict__ for d in data.cache.dropped]}
+
+
+def _scan_line(index: DatasetIndex) -> str | None:
+    """One line on what the scan left out, so a user never trains past it unaware."""
+    parts = []
+    if index.rejected:
+        parts.append(f"{len(index.rejected)} broken file{'s' if len(index.rejected) != 1 else ''} left out")
+    if index.label_conflicts:
+        parts.append(f"{len(index.label_conflicts)} group(s) of identical files under different classes")
+    if not parts:
         return None
-    counts = np.bincount(labels, minlength=n).astype(np.float64)
-    return torch.tensor(counts.sum() / (n * np.maximum(counts, 1)), dtype=torch.float32)
+    return f"imgcls: note: {'; '.join(parts)} (`imgcls scan {display(index.root)}` lists them)"
 
 
-def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = model.parameters()
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, nesterov=True)
-    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+# ----------------------------------------------------------------------------- state
 
 
-def _optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Optimizer state as (tensors, JSON-able) for a pickle-free checkpoint."""
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optim.{pid}.{k}"] = v
-            else:
-                scalars[f"{pid}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+@dataclass
+class TrainState:
+    """Everything that changes during training, and what a checkpoint must restore."""
+    model: nn.Module  # the bare model (weights, BatchNorm statistics)
+    net: nn.Module  # what the loop calls: the model, maybe wrapped by DDP / torch.compile
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    autocast: Callable
+    aug_gen: torch.Generator
+    weights: torch.Tensor | None  # per-class loss weights
+    micro: int  # images per forward/backward pass
+    steps: int  # optimizer steps per epoch
+    total_steps: int  # for the schedule
+    warmup: int  # steps
+    history: list[dict] = field(default_factory=list)
+    best: float | None = None
+    bad_epochs: int = 0
+    epoch: int = 0  # the epoch to run next (0-based)
+    step: int = 0  # steps of that epoch already done (resuming mid-epoch)
+    partial: list[float] | None = None  # that epoch's sums so far: loss, correct, count, seen, s
+    resumed: Checkpoint | None = None
 
 
-def _load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    state: dict = {}
-    for name, v in tensors.items():
-        if name.startswith("optim."):
-            _, pid, k = name.split(".", 2)
-            state.setdefault(int(pid), {})[k] = v
-    for name, v in meta["scalars"].items():
-        pid, k = name.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta["param_groups"]]
-    opt.load_state_dict({"state": state, "param_groups": groups})
+def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: D.World,
+                resumed: Checkpoint | None, run: Path) -> tuple[TrainState, BatchLoader, BatchLoader]:
+    n_classes = len(data.index.class_names)
+    mcfg = ModelConfig(cfg.model, n_classes, dict(cfg.model_options))
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+    try:
+        model = create_model(mcfg)
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from None
+    if cfg.image_size < getattr(model, "min_size", 1):
+        raise UserError(f"image size {cfg.image_size} px is too small for {cfg.model}: "
+                        f"it needs at least {model.min_size} px")
+    if getattr(model, "num_logits", n_classes) == 1 and n_classes != 2:
+        raise UserError(f"the single_logit option needs exactly two classes; this data has {n_classes}")
+    if resumed is not None:
+        _check_resume_matches(resumed, mcfg, data.index.class_names, data.spec, run)
+        model.load_state_dict(resumed.weights)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and world.active:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            _log(world, "imgcls: note: --sync-bn needs CUDA (PyTorch's SyncBatchNorm); on the "
+                 "CPU each rank keeps its own BatchNorm statistics", file=sys.stderr)
+    net = model
+    if world.active:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    per_rank = cfg.batch_size // world.size
+    per_rank_images = -(-len(data.train_rows) // world.size)  # DDP pads shards evenly
+    train_loader = BatchLoader(data.cache, data.train_rows, per_rank, seed=cfg.seed,
+                               rank=world.rank, world_size=world.size, device=device,
+                               # a last batch of one image breaks BatchNorm: drop it
+                               drop_last=per_rank_images % per_rank == 1)
+    val_loader = BatchLoader(data.val_cache, data.val_rows, per_rank, shuffle=False,
+                             rank=world.rank, world_size=world.size, device=device)
+    micro = cfg.micro_batch or _auto_micro_batch(model, cfg.image_size, per_rank, device)
+    micro = min(micro, per_rank)
+    if micro < per_rank:
+        _log(world, f"imgcls: note: {per_rank} images at once do not fit in free memory here; "
+             f"each step accumulates gradients over passes of about {micro} (BatchNorm sees "
+             f"{micro} images at a time; --micro-batch to choose)" if not cfg.micro_batch else
+             f"imgcls: note: each step accumulates gradients over passes of about {micro} images",
+             file=sys.stderr)
+    if micro == 1 or per_rank == 1:
+        _log(world, "imgcls: warning: BatchNorm sees one image at a time per rank: its batch "
+             "statistics are noise; use a larger --batch-size (or --micro-batch)", file=sys.stderr)
+    steps = len(train_loader)
+    autocast, scaler = autocast_for(device, cfg.amp)
+    w = class_weights(cfg, data.cache.labels[data.train_rows], n_classes)
+    state = TrainState(model, net, make_optimizer(cfg, model), scaler, autocast,
+                       torch.Generator(device=device), None if w is None else w.to(device),
+                       micro, steps, steps * cfg.epochs, int(round(cfg.warmup_epochs * steps)))
+    if resumed is not None:
+        _restore(state, resumed, cfg, world)
+    return state, train_loader, val_loader
 
 
-def _autocast(device: torch.device, amp: str):
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return nullcontext, None
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    if amp == "auto" and not torch.cuda.is_bf16_supported():
-        dtype = torch.float16
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+def _restore(state: TrainState, ckpt: Checkpoint, cfg: TrainConfig, world: D.World) -> None:
+    tm = ckpt.train_meta
+    load_optimizer_state(state.opt, ckpt.train_tensors, tm["optimizer"])
+    if state.scaler is not None and tm.get("scaler"):
+        state.scaler.load_state_dict(tm["scaler"])
+    state.epoch, state.step = tm["epoch"], tm["step"]
+    state.partial = tm.get("partial")
+    if state.step and tm.get("world_size", 1) != world.size:
+        _log(world, f"imgcls: note: the run stopped mid-epoch on {tm.get('world_size')} ranks; "
+             f"on {world.size} it restarts epoch {state.epoch + 1} from its beginning",
+             file=sys.stderr)
+        state.step, state.partial = 0, None
+    if state.step >= state.steps:  # the data shrank since: start the next epoch
+        state.step, state.partial = 0, None
+    state.history, state.best, state.bad_epochs = tm["history"], tm["best"], tm["bad_epochs"]
+    state.resumed = ckpt
+    old_epochs = ckpt.meta.get("config", {}).get("epochs", cfg.epochs)
+    if old_epochs != cfg.epochs and cfg.schedule != "constant":
+        g = state.epoch * state.steps + state.step
+        now = cfg.lr * lr_factor(g, state.steps * old_epochs, state.warmup, cfg.schedule)
+        new = cfg.lr * lr_factor(g, state.total_steps, state.warmup, cfg.schedule)
+        _log(world, f"imgcls: note: --epochs {cfg.epochs} (was {old_epochs}) re-times the "
+             f"{cfg.schedule} learning-rate schedule over {cfg.epochs} epochs: the next step "
+             f"runs at {new:.3g} instead of {now:.3g}", file=sys.stderr)
+
+
+def _checkpoint(state: TrainState, meta_base: dict, world: D.World, device: torch.device,
+                epoch_done: int, step_done: int, metrics: dict, full: bool = True,
+                partial: list[float] | None = None) -> Checkpoint:
+    """epoch_done = finished epochs, step_done = steps into the next one."""
+    train_tensors, train_meta = {}, {}
+    if full:
+        t, om = optimizer_state(state.opt)
+        train_tensors = dict(t, **{"rng.cpu": torch.get_rng_state(),
+                                   "rng.aug": state.aug_gen.get_state()})
+        if device.type == "cuda":
+            train_tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+        train_meta = {"optimizer": om, "epoch": epoch_done, "step": step_done,
+                      "history": state.history, "best": state.best,
+                      "bad_epochs": state.bad_epochs, "world_size": world.size,
+                      "partial": partial,
+                      "scaler": state.scaler.state_dict() if state.scaler is not None else None}
+    return Checkpoint(state.model.state_dict(), dict(meta_base, epoch=epoch_done,
+                                                     step=step_done, metrics=metrics),
+                      train_tensors, train_meta)
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+
+def _passes(n: int, micro: int) -> list[tuple[int, int]]:
+    """Split a batch of n into ceil(n / micro) passes of near-equal size: never a pass of
+    one image unless micro is 1 (BatchNorm on a single image is noise, or an error)."""
+    k = -(-n // max(1, micro))
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return list(zip(bounds, bounds[1:]))
+
+
+def two_logits(logits: torch.Tensor) -> torch.Tensor:
+    """A single-logit head z as the logits (0, z): softmax gives (1 - sigmoid z, sigmoid z),
+    so cross-entropy on them is exactly the binary cross-entropy of the tutorial's head."""
+    if logits.shape[1] == 1:
+        return torch.cat([torch.zeros_like(logits), logits], 1)
+    return logits
+
+
+@dataclass
+class EpochOutcome:
+    sums: torch.Tensor  # loss * images, correct, images (float64, this rank)
+    seen: int
+    seconds: float
+    step: int  # steps done
+    stop: dict  # the agreed flags at the last agreement
+
+
+def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world: D.World,
+                device: torch.device, stop: _StopFlag, start_step: int, bar=None,
+                hint: Callable | None = None) -> EpochOutcome:
+    """Optimizer steps over one epoch (from start_step). Every `check` steps and at the
+    epoch's last step the ranks agree on whether to stop (signal or non-finite loss)."""
+    state.net.train()
+    aug_cfg = AugmentConfig(cfg.flip, cfg.rotation, cfg.zoom, cfg.translate, cfg.brightness,
+                            cfg.contrast)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    seen, seconds = 0, 0.0
+    if state.partial:
+        sums += torch.tensor(state.partial[:3], dtype=torch.float64, device=device)
+        seen, seconds = int(state.partial[3]), float(state.partial[4])
+    # The first non-finite loss's global step + 1 (0 = none): kept on the device so a GPU
+    # never waits for it between agreements.
+    bad_at = torch.zeros((), dtype=torch.float64, device=device)
+    # On one CPU process every step is checked (free); elsewhere every 8 (a sync each).
+    check = 1 if not world.active and device.type == "cpu" else 8
+    t0, step, flags = time.perf_counter(), start_step, {}
+    for batch in loader:
+        g = state.epoch * state.steps + step
+        for group in state.opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(g, state.total_steps, state.warmup, cfg.schedule)
+        x = to_float(batch.images)
+        if aug_cfg.active:
+            x = augment_batch(x, aug_cfg, state.aug_gen)
+        n = len(batch.labels)
+        denom = state.weights[batch.labels].sum() if state.weights is not None else n
+        state.opt.zero_grad(set_to_none=True)
+        parts = _passes(n, state.micro)
+        step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        for j, (lo, hi) in enumerate(parts):
+            xs, ys = x[lo:hi], batch.labels[lo:hi]
+            # DDP: all-reduce gradients once per step, on the last pass only.
+            last = j == len(parts) - 1
+            sync = nullcontext() if last or not hasattr(state.net, "no_sync") else state.net.no_sync()
+            with sync:
+                with state.autocast():
+                    logits = two_logits(state.net(xs).float())
+                    # A sum over the pass over the whole batch's weight: passes add up to
+                    # the full batch's (weighted) mean, with class weights too.
+                    loss = F.cross_entropy(logits, ys, weight=state.weights, reduction="sum",
+                                           label_smoothing=cfg.label_smoothing) / denom
+                (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
+            step_loss += loss.detach().double()
+            sums[1] += (logits.detach().argmax(1) == ys).sum()
+        bad_at = torch.where((bad_at == 0) & ~torch.isfinite(step_loss),
+                             torch.tensor(g + 1.0, dtype=torch.float64, device=device), bad_at)
+        sums[0] += step_loss * n
+        if state.scaler is not None:
+            state.scaler.step(state.opt)
+            state.scaler.update()
+        else:
+            state.opt.step()
+        sums[2] += n
+        seen += n
+        step += 1
+        if hint is not None and step - start_step == 3:
+            hint(time.perf_counter() - t0, 3)
+        if bar is not None:
+            bar.update()
+            if step % 10 == 0 or step == state.steps:
+                bar.set_postfix(loss=f"{sums[0].item() / max(1, sums[2].item()):.4f}")
+        if step % check == 0 or step == state.steps:
+            flags = D.agree(world, device, signal=stop.signal is not None,
+                            nonfinite=bad_at.item())
+            if flags["signal"] and stop.signal is None:
+                stop.signal = signal.SIGTERM  # another rank was told to stop
+            if flags["signal"] or flags["nonfinite"]:
+                break
+    return EpochOutcome(sums, seen, seconds + time.perf_counter() - t0, step, flags)
 
 
 @torch.no_grad()
@@ -200,7 +448,7 @@ def run_validation(model: nn.Module, loader: BatchLoader, world: D.World,
     for b in loader:
         x = to_float(b.images)
         with autocast():
-            logits = model(x).float()
+            logits = two_logits(model(x).float())
         sums[0] += F.cross_entropy(logits, b.labels, reduction="sum").double()
         sums[1] += (logits.argmax(1) == b.labels).sum()
         sums[2] += len(b.labels)
@@ -209,14 +457,29 @@ def run_validation(model: nn.Module, loader: BatchLoader, world: D.World,
     return sums[0].item() / n, sums[1].item() / n
 
 
-def _write_metrics(run: Path, history: list[dict]) -> None:
-    atomic_write_bytes(run / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history).encode())
+def _diverged_message(cfg: TrainConfig, global_step: int, steps: int, run: Path,
+                      last_epoch: int) -> str:
+    epoch, step = divmod(global_step - 1, steps)
+    kept = (f"the last finite checkpoint is kept ({display(run / LAST)}, epoch {last_epoch})"
+            if last_epoch else "no epoch had finished, so nothing was saved")
+    return (f"training diverged: the loss became NaN or infinite at epoch {epoch + 1}, step "
+            f"{step + 1} (learning rate {cfg.lr:g}, weight decay {cfg.weight_decay:g}; a "
+            f"learning rate or weight decay too high is the usual cause); {kept}")
 
 
-def _epoch_line(h: dict, epochs: int) -> str:
-    return (f"Epoch {h['epoch']}/{epochs}  loss {h['loss']:.4f}  accuracy {h['accuracy']:.4f}  "
-            f"val_loss {h['val_loss']:.4f}  val_accuracy {h['val_accuracy']:.4f}  "
-            f"{h['images_per_s']:.1f} img/s  {h['seconds']:.1f}s")
+def epoch_stops(cfg: TrainConfig, state: TrainState, h: dict, stop: _StopFlag,
+                world: D.World, device: torch.device) -> dict:
+    """The stop rules after an epoch, agreed by every rank (each rank's clock and signals
+    may differ; the validation metrics are already the same everywhere)."""
+    out_of_time = bool(cfg.time_limit and state.epoch + 1 < cfg.epochs and
+                       h["elapsed_s"] + h["seconds"] > cfg.time_limit * 60)
+    patience = bool(cfg.patience and state.bad_epochs >= cfg.patience)
+    return D.agree(world, device, signal=stop.signal is not None, time=out_of_time,
+                   patience=patience,
+                   nonfinite=not (math.isfinite(h["val_loss"]) and math.isfinite(h["loss"])))
+
+
+# ----------------------------------------------------------------------------- fit
 
 
 def fit(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False) -> FitResult:
@@ -247,12 +510,13 @@ def _looks_like_lost_peer(exc: BaseException) -> bool:
                                    "timed out", "timeout", "peer", "gloo", "nccl", "socket"))
 
 
-def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
-         world: D.World, started: float) -> FitResult:
+def _setup_device(cfg: TrainConfig, device: torch.device, world: D.World) -> torch.device:
     if device.type == "cuda" and world.active:
         device = torch.device("cuda", world.local_rank)
     if device.type == "cpu":
         keep_freed_memory()
+        if cfg.threads < 0:
+            raise UserError(f"--threads must be 0 (all cores) or more, not {cfg.threads}")
         torch.set_num_threads(cfg.threads or max(1, cpu_threads() // max(1, _local_world())))
     else:
         torch.backends.cudnn.benchmark = True
@@ -260,243 +524,181 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
     if cfg.batch_size % world.size:
         raise UserError(f"batch size {cfg.batch_size} is not divisible by the {world.size} "
                         "ranks: per-rank batch = global batch / world size")
-    per_rank_batch = cfg.batch_size // world.size
+    return device
 
+
+def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
+         world: D.World, started: float) -> FitResult:
+    device = _setup_device(cfg, device, world)
+    writer = RunWriter(run, cfg.keep)
     resumed = None
     if resume:
         resumed, resumed_path, skipped = find_resumable(run)
         for w in skipped:
             _log(world, f"imgcls: warning: skipping {w}", file=sys.stderr)
-    elif world.main and (run / LAST).exists():
-        raise UserError(f"{display(run)} already holds a run; continue it with "
-                        f"`imgcls train --resume {display(run)}` or choose another --out")
+    elif D.agree(world, device, taken=world.main and writer.holds_run())["taken"]:
+        _stop_everywhere(world, f"{display(run)} already holds a run; continue it with "
+                         f"`imgcls train --resume {display(run)}` or choose another --out")
 
-    index, sp, spec, cache, val_cache = prepare_data(cfg, world)
+    data = prepare_data(cfg, world, run, resume)
+    index = data.index
     n_classes = len(index.class_names)
-    _log(world, f"Found {len(index.samples) + (len(sp.val.samples) if cfg.val_dir else 0)} files "
-         f"belonging to {n_classes} classes.\nUsing {len(sp.train.samples)} files for training.\n"
-         f"Using {len(sp.val.samples)} files for validation.")
-    train_rows, val_rows = cache.rows_for([s.path for s in sp.train.samples]), \
-        val_cache.rows_for([s.path for s in sp.val.samples])
+    _log(world, f"Found {len(index.samples) + (len(data.split.val.samples) if cfg.val_dir else 0)}"
+         f" files belonging to {n_classes} classes.\n" + "\n".join(data.split.summary_lines()))
+    for line in filter(None, [_scan_line(index)] + [f"imgcls: warning: {w}" for w in data.warnings]):
+        _log(world, line, file=sys.stderr)
     D.check_consistent(world, {"fingerprint": index.fingerprint, "torch": torch.__version__,
                                "imgcls": __version__, "batch": cfg.batch_size,
-                               "cache": str(cache.folder)})
-
-    mcfg = ModelConfig(cfg.model, n_classes, dict(cfg.model_options))
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-    try:
-        model = create_model(mcfg)
-    except KeyError as exc:
-        raise UserError(str(exc.args[0])) from None
-    min_size = getattr(model, "min_size", 1)
-    if cfg.image_size < min_size:
-        raise UserError(f"image size {cfg.image_size} px is too small for {cfg.model}: "
-                        f"it needs at least {min_size} px")
+                               "cache": str(data.cache.folder)})
+    state, train_loader, val_loader = build_state(cfg, data, device, world, resumed, run)
     if resumed is not None:
-        _check_resume_matches(resumed, mcfg, index.class_names, spec, run)
-        model.load_state_dict(resumed.weights)
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if cfg.sync_bn and world.active:
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:
-            _log(world, "imgcls: note: --sync-bn needs CUDA (PyTorch's SyncBatchNorm); on the "
-                 "CPU each rank keeps its own BatchNorm statistics", file=sys.stderr)
-    net = model
-    if world.active:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
-
-    opt = _make_optimizer(cfg, model)
-    autocast, scaler = _autocast(device, cfg.amp)
-    weights = _class_weights(cfg, cache.labels[train_rows], n_classes)
-    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
-                                  label_smoothing=cfg.label_smoothing)
-    train_loader = BatchLoader(cache, train_rows, per_rank_batch, seed=cfg.seed, rank=world.rank,
-                               world_size=world.size, device=device,
-                               # a last batch of one image breaks BatchNorm: drop it
-                               drop_last=len(train_rows) % cfg.batch_size == 1)
-    val_loader = BatchLoader(val_cache, val_rows, per_rank_batch, shuffle=False, rank=world.rank,
-                             world_size=world.size, device=device)
-    micro = cfg.micro_batch or _auto_micro_batch(model, cfg.image_size, per_rank_batch, device)
-    if micro < per_rank_batch:
-        _log(world, f"imgcls: note: {per_rank_batch} images at once do not fit in free memory here; "
-             f"each step accumulates gradients over passes of {micro} (BatchNorm sees {micro} "
-             "images at a time; --micro-batch to choose)", file=sys.stderr)
-    steps = len(train_loader)
-    total_steps = steps * cfg.epochs
-    warmup = int(round(cfg.warmup_epochs * steps))
-    aug_cfg = AugmentConfig(cfg.flip, cfg.rotation, cfg.zoom, cfg.translate, cfg.brightness,
-                            cfg.contrast)
-    aug_gen = torch.Generator(device=device)
-
-    history: list[dict] = []
-    start_epoch, start_step, best, bad_epochs = 0, 0, None, 0
-    if resumed is not None:
-        tm = resumed.train_meta
-        _load_optimizer_state(opt, resumed.train_tensors, tm["optimizer"])
-        if scaler is not None and tm.get("scaler"):
-            scaler.load_state_dict(tm["scaler"])
-        start_epoch, start_step = tm["epoch"], tm["step"]
-        if start_step and tm.get("world_size", 1) != world.size:
-            _log(world, f"imgcls: note: the run stopped mid-epoch on {tm.get('world_size')} ranks; "
-                 f"on {world.size} it restarts epoch {start_epoch + 1} from its beginning",
-                 file=sys.stderr)
-            start_step = 0
-        history, best, bad_epochs = tm["history"], tm["best"], tm["bad_epochs"]
         _log(world, f"Resuming {display(run)} from {display(resumed_path.name)}: epoch "
-             f"{start_epoch + 1}, step {start_step}/{steps}")
+             f"{state.epoch + 1}, step {state.step}/{state.steps}")
     if world.main:
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run / "config.json", cfg.to_dict())
-        atomic_write_json(run / "data.json", {
-            "scan": report_dict(index), "split": sp.method, "train_images": len(train_rows),
-            "val_images": len(val_rows), "train_fingerprint": sp.train.fingerprint,
-            "val_fingerprint": sp.val.fingerprint, "cache": str(cache.folder),
-            "dropped": [d.__dict__ for d in cache.dropped]})
-    tb = _tensorboard(run) if world.main else None
-    meta_base = {"class_names": index.class_names, "preprocess": spec.to_dict(),
-                 "model": mcfg.to_dict(), "config": cfg.to_dict(),
-                 "data_fingerprint": index.fingerprint}
-    result = FitResult(run, history)
-
-    def save(epoch_done: int, step_done: int, metrics: dict, path: Path, full: bool = True):
-        """Checkpoint; epoch_done = finished epochs, step_done = steps into the next one."""
-        train_tensors, train_meta = {}, {}
-        if full:
-            t, om = _optimizer_state(opt)
-            train_tensors = dict(t, **{"rng.cpu": torch.get_rng_state(), "rng.aug": aug_gen.get_state()})
-            if device.type == "cuda":
-                train_tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-            train_meta = {"optimizer": om, "epoch": epoch_done, "step": step_done, "history": history,
-                          "best": best, "bad_epochs": bad_epochs, "world_size": world.size,
-                          "scaler": scaler.state_dict() if scaler is not None else None}
-        save_checkpoint(path, Checkpoint(model.state_dict(), dict(
-            meta_base, epoch=epoch_done, step=step_done, metrics=metrics), train_tensors, train_meta))
-
+        writer.start(cfg.to_dict(), _data_summary(data))
+        if not resume or not data.pinned:
+            write_record(run, data.split)
+    meta_base = {"class_names": index.class_names, "preprocess": data.spec.to_dict(),
+                 "model": ModelConfig(cfg.model, n_classes, dict(cfg.model_options)).to_dict(),
+                 "config": cfg.to_dict(), "data_fingerprint": index.fingerprint}
     with _StopFlag() as stop:
-        for epoch in range(start_epoch, cfg.epochs):
-            mid = resumed is not None and epoch == start_epoch and start_step > 0
-            train_loader.set_epoch(epoch, start_step if mid else 0)
-            if mid:
-                torch.set_rng_state(resumed.train_tensors["rng.cpu"])
-                aug_gen.set_state(resumed.train_tensors["rng.aug"].to("cpu"))
-                if device.type == "cuda" and "rng.cuda" in resumed.train_tensors:
-                    torch.cuda.set_rng_state(resumed.train_tensors["rng.cuda"], device)
-            else:
-                torch.manual_seed(_seed_for(cfg.seed, epoch, world.rank, 0))
-                aug_gen.manual_seed(_seed_for(cfg.seed, epoch, world.rank, 1))
-            net.train()
-            sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, count
-            t0, seen = time.perf_counter(), 0
-            bar = _bar(world, steps, epoch, cfg.epochs, start_step if mid else 0)
-            step = start_step if mid else 0
-            for batch in train_loader:
-                for g in opt.param_groups:
-                    g["lr"] = cfg.lr * lr_factor(epoch * steps + step, total_steps, warmup, cfg.schedule)
-                x = to_float(batch.images)
-                if aug_cfg.active:
-                    x = augment_batch(x, aug_cfg, aug_gen)
-                n = len(batch.labels)
-                opt.zero_grad(set_to_none=True)
-                parts = range(0, n, micro)
-                for j, lo in enumerate(parts):
-                    xs, ys = x[lo:lo + micro], batch.labels[lo:lo + micro]
-                    # DDP: all-reduce gradients once per step, on the last pass only.
-                    last = j == len(parts) - 1
-                    sync = nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
-                    with sync:
-                        with autocast():
-                            logits = net(xs)
-                            loss = loss_fn(logits.float(), ys) * (len(ys) / n)
-                        (scaler.scale(loss) if scaler is not None else loss).backward()
-                    sums[0] += loss.detach().double() * n
-                    sums[1] += (logits.detach().argmax(1) == ys).sum()
-                if scaler is not None:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                sums[2] += n
-                seen += n
-                step += 1
-                if step == 3 and epoch == start_epoch and device.type == "cpu" and world.main:
-                    _cpu_hint(cfg, steps, time.perf_counter() - t0, 3 - (start_step if mid else 0))
-                if bar is not None:
-                    bar.update()
-                    if step % 10 == 0 or step == steps:
-                        bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.4f}")
-                if _should_stop(world, stop, device, step) and step < steps:
-                    break
+        return _epochs(cfg, run, state, train_loader, val_loader, writer, meta_base, world,
+                       device, stop, started)
+
+
+def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWriter,
+            meta_base: dict, world: D.World, device: torch.device, stop: _StopFlag,
+            started: float) -> FitResult:
+    """The epoch loop: train, validate, save, then the agreed stop rules."""
+    result = FitResult(run, state.history)
+    tb = _tensorboard(run) if world.main else None
+    first = state.epoch
+    try:
+        for epoch in range(first, cfg.epochs):
+            state.epoch = epoch
+            mid = epoch == first and state.step > 0
+            train_loader.set_epoch(epoch, state.step if mid else 0)
+            _seed_epoch(state, cfg, world, device, epoch, mid)
+            bar = _bar(world, state.steps, epoch, cfg.epochs, state.step if mid else 0)
+            hint = ((lambda s, k: _cpu_hint(cfg, state.steps, s, k))
+                    if epoch == first and device.type == "cpu" and world.main else None)
+            out = train_epoch(state, cfg, train_loader, world, device, stop,
+                              state.step if mid else 0, bar, hint)
+            state.partial, state.step = None, 0
             if bar is not None:
                 bar.close()
-            if stop.signal is not None and step < steps:
-                D.barrier(world)
+            if out.stop.get("nonfinite"):
+                _stop_everywhere(world, _diverged_message(
+                    cfg, int(out.stop["nonfinite"]), state.steps, run,
+                    state.history[-1]["epoch"] if state.history else 0))
+            if out.stop.get("signal") and out.step < state.steps:
+                D.all_sum(world, out.sums)  # partial sums of every rank, for the resume
                 if world.main:
-                    save(epoch, step, {}, run / LAST)
-                _log(world, f"Stopped in epoch {epoch + 1} at step {step}/{steps}. Resume with: "
-                     f"imgcls train --resume {display(run)}")
+                    s = out.sums.tolist()
+                    writer.save(run / LAST, _checkpoint(
+                        state, meta_base, world, device, epoch, out.step, {},
+                        partial=[s[0], s[1], s[2], out.seen * world.size, out.seconds]))
+                D.barrier(world)
+                _log(world, f"Stopped in epoch {epoch + 1} at step {out.step}/{state.steps}. "
+                     f"Resume with: imgcls train --resume {display(run)}")
                 result.interrupted = True
                 return result
-            train_time = time.perf_counter() - t0
-            D.all_sum(world, sums)
-            val_loss, val_acc = run_validation(net, val_loader, world, autocast)
-            h = {"epoch": epoch + 1, "loss": sums[0].item() / sums[2].item(),
-                 "accuracy": sums[1].item() / sums[2].item(), "val_loss": val_loss,
-                 "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"],
-                 "images_per_s": seen * world.size / train_time,
-                 "seconds": time.perf_counter() - t0,
-                 "elapsed_s": time.perf_counter() - started}
-            if world.active:
-                h["rank_weight_sums"] = _weights_checksum(world, model, device)
-                if len(set(h["rank_weight_sums"])) != 1:
-                    raise RuntimeError(f"DDP ranks diverged: weight sums {h['rank_weight_sums']}")
-            history.append(h)
-            value = h[cfg.monitor]
-            improved = best is None or (value > best if MAXIMIZE[cfg.monitor] else value < best)
-            if improved:
-                best, bad_epochs, result.best_epoch = value, 0, epoch + 1
-            else:
-                bad_epochs += 1
-            if world.main:
-                path = epoch_path(run, epoch + 1)
-                save(epoch + 1, 0, h, path)
-                _replace_with_link(path, run / LAST)
-                if improved:
-                    save(epoch + 1, 0, h, run / BEST, full=False)
-                _prune(run, cfg.keep)
-                _write_metrics(run, history)
-                if tb is not None:
-                    for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s"):
-                        tb.add_scalar(k, h[k], epoch + 1)
-                    tb.flush()
-            _log(world, _epoch_line(h, cfg.epochs))
-            if stop.signal is not None:
+            h = _finish_epoch(cfg, state, out, val_loader, world, device, started)
+            last_saved = state.history[-1]["epoch"] if state.history else 0
+            improved = _score_epoch(cfg, state, h, result)
+            decision = epoch_stops(cfg, state, h, stop, world, device)
+            if decision["nonfinite"]:  # never save, nor call best, a model that outputs NaN
+                _stop_everywhere(world, _diverged_message(
+                    cfg, (epoch + 1) * state.steps, state.steps, run, last_saved))
+            _save_epoch(cfg, state, h, improved, writer, meta_base, world, device, tb)
+            if decision["signal"]:
                 result.interrupted = True
                 _log(world, f"Stopped after epoch {epoch + 1}. Resume with: "
                      f"imgcls train --resume {display(run)}")
                 return result
-            if cfg.time_limit and epoch + 1 < cfg.epochs and (
-                    h["elapsed_s"] + h["seconds"] > cfg.time_limit * 60):
-                _log(world, f"Time limit: another epoch would end past {cfg.time_limit:g} minutes; "
-                     f"stopping after epoch {epoch + 1}.")
+            if decision["time"]:
+                _log(world, f"Time limit: another epoch would end past {cfg.time_limit:g} "
+                     f"minutes; stopping after epoch {epoch + 1}.")
                 break
-            if cfg.patience and bad_epochs >= cfg.patience:
+            if decision["patience"]:
                 result.stopped_early = True
-                _log(world, f"Early stopping: {cfg.monitor} has not improved for {cfg.patience} epochs "
-                     f"(best {best:.4f} at epoch {result.best_epoch}).")
+                _log(world, f"Early stopping: {cfg.monitor} has not improved for {cfg.patience} "
+                     f"epochs (best {state.best:.4f} at epoch {result.best_epoch}).")
                 break
             D.barrier(world)
-    if tb is not None:
-        tb.close()
-    if not result.best_epoch and history:
-        vals = [h[cfg.monitor] for h in history]
+    finally:
+        if tb is not None:
+            tb.close()
+    if not result.best_epoch and state.history:
+        vals = [h[cfg.monitor] for h in state.history]
         result.best_epoch = 1 + (int(np.argmax(vals)) if MAXIMIZE[cfg.monitor] else int(np.argmin(vals)))
     return result
+
+
+def _seed_epoch(state: TrainState, cfg: TrainConfig, world: D.World, device: torch.device,
+                epoch: int, mid: bool) -> None:
+    if mid and state.resumed is not None:
+        t = state.resumed.train_tensors
+        torch.set_rng_state(t["rng.cpu"])
+        state.aug_gen.set_state(t["rng.aug"].to("cpu"))
+        if device.type == "cuda" and "rng.cuda" in t:
+            torch.cuda.set_rng_state(t["rng.cuda"], device)
+    else:
+        torch.manual_seed(_seed_for(cfg.seed, epoch, world.rank, 0))
+        state.aug_gen.manual_seed(_seed_for(cfg.seed, epoch, world.rank, 1))
+
+
+def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_loader,
+                  world: D.World, device: torch.device, started: float) -> dict:
+    """Reduce the epoch's sums, validate, and return its metrics line."""
+    t_val = time.perf_counter()
+    D.all_sum(world, out.sums)
+    val_loss, val_acc = run_validation(state.net, val_loader, world, state.autocast)
+    s = out.sums.tolist()
+    h = {"epoch": state.epoch + 1, "loss": s[0] / max(1.0, s[2]),
+         "accuracy": s[1] / max(1.0, s[2]), "val_loss": val_loss, "val_accuracy": val_acc,
+         "lr": state.opt.param_groups[0]["lr"],
+         "images_per_s": out.seen * world.size / max(out.seconds, 1e-9),
+         "seconds": out.seconds + time.perf_counter() - t_val,
+         "elapsed_s": time.perf_counter() - started}
+    if world.active:
+        h["rank_weight_sums"] = _weights_checksum(world, state.model, device)
+        if len(set(h["rank_weight_sums"])) != 1:
+            raise RuntimeError(f"DDP ranks diverged: weight sums {h['rank_weight_sums']}")
+    return h
+
+
+def _score_epoch(cfg: TrainConfig, state: TrainState, h: dict, result: FitResult) -> bool:
+    """Add the epoch to the history; whether it is the best so far by cfg.monitor."""
+    state.history.append(h)
+    value = h[cfg.monitor]
+    improved = state.best is None or (value > state.best if MAXIMIZE[cfg.monitor] else value < state.best)
+    if improved:
+        state.best, state.bad_epochs, result.best_epoch = value, 0, state.epoch + 1
+    else:
+        state.bad_epochs += 1
+    return improved
+
+
+def _save_epoch(cfg: TrainConfig, state: TrainState, h: dict, improved: bool,
+                writer: RunWriter, meta_base: dict, world: D.World, device: torch.device,
+                tb) -> None:
+    if world.main:
+        full = _checkpoint(state, meta_base, world, device, state.epoch + 1, 0, h)
+        best = _checkpoint(state, meta_base, world, device, state.epoch + 1, 0, h,
+                           full=False) if improved else None
+        writer.end_epoch(state.epoch + 1, full, best, state.history)
+        if tb is not None:
+            for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s"):
+                tb.add_scalar(k, h[k], state.epoch + 1)
+            tb.flush()
+    _log(world, _epoch_line(h, cfg.epochs))
+
+
+def _epoch_line(h: dict, epochs: int) -> str:
+    return (f"Epoch {h['epoch']}/{epochs}  loss {h['loss']:.4f}  accuracy {h['accuracy']:.4f}  "
+            f"val_loss {h['val_loss']:.4f}  val_accuracy {h['val_accuracy']:.4f}  "
+            f"{h['images_per_s']:.1f} img/s  {h['seconds']:.1f}s")
 
 
 def _cpu_hint(cfg: TrainConfig, steps: int, seconds: float, done: int) -> None:
@@ -560,23 +762,6 @@ def _auto_micro_batch(model: nn.Module, size: int, batch: int, device: torch.dev
     return micro
 
 
-def _should_stop(world: D.World, stop: _StopFlag, device: torch.device, step: int) -> bool:
-    """Every rank must stop at the same step, or DDP's next all-reduce would hang.
-
-    Ranks agree every 8 steps only: the all-reduce + .item() would otherwise stall the GPU
-    pipeline every step.
-    """
-    if not world.active:
-        return stop.signal is not None
-    if step % 8:
-        return False
-    flag = torch.tensor([1.0 if stop.signal is not None else 0.0], device=device)
-    D.all_sum(world, flag)
-    if flag.item() and stop.signal is None:
-        stop.signal = signal.SIGTERM  # another rank was told to stop
-    return bool(flag.item())
-
-
 def _weights_checksum(world: D.World, model: nn.Module, device: torch.device) -> list[float]:
     """Each rank's sum of all weights; DDP keeps them identical, so a difference is a bug."""
     total = torch.zeros(1, dtype=torch.float64, device=device)
@@ -605,26 +790,6 @@ def _check_resume_matches(ckpt: Checkpoint, mcfg: ModelConfig, class_names: list
     if PreprocessSpec.from_dict(m["preprocess"]) != spec:
         raise UserError(f"cannot resume {display(run)}: its images were prepared differently "
                         f"({m['preprocess']})")
-
-
-def _replace_with_link(src: Path, dst: Path) -> None:
-    """dst becomes the same file as src, atomically (a hard link renamed into place)."""
-    tmp = temp_path_for(dst)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
-
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _prune(run: Path, keep: int) -> None:
-    if keep <= 0:
-        return
-    files = sorted((run / "checkpoints").glob("epoch_*.safetensors"))
-    for p in files[:-keep]:
-        p.unlink(missing_ok=True)
 
 
 def _bar(world: D.World, steps: int, epoch: int, epochs: int, initial: int):

@@ -1,0 +1,72 @@
+"""The optimizer, its learning-rate schedule and its pickle-free state.
+
+Owns how a TrainConfig becomes an optimizer (Adam, AdamW or SGD), the learning-rate
+multiplier at each step (constant, cosine, one-cycle, with linear warm-up), and the split of
+the optimizer's state into tensors (safetensors) and JSON for checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from imgcls.config import TrainConfig
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step` (0-based)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if kind == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    # one-cycle: after the warm-up, cosine down to 1/1000 of the peak (as fastai/timm do)
+    return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def class_weights(cfg: TrainConfig, labels: np.ndarray, n: int) -> torch.Tensor | None:
+    """Per-class loss weights: inverse class frequency for "balanced", else None."""
+    if cfg.class_weights == "none":
+        return None
+    counts = np.bincount(labels, minlength=n).astype(np.float64)
+    return torch.tensor(counts.sum() / (n * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=True)
+    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Optimizer state as (tensors, JSON-able) for a pickle-free checkpoint."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{pid}.{k}"] = v
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for name, v in tensors.items():
+        if name.startswith("optim."):
+            _, pid, k = name.split(".", 2)
+            state.setdefault(int(pid), {})[k] = v
+    for name, v in meta["scalars"].items():
+        pid, k = name.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta["param_groups"]]
+    opt.load_state_dict({"state": state, "param_groups": groups})
