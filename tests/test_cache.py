@@ -64,11 +64,16 @@ def test_reused_when_unchanged_rebuilt_when_anything_changes(tree, tmp_path):
     assert not added.reused and "dog/new.jpg" in added.paths
 
     (tree / "dog" / "0.jpg").unlink()  # removed
+    import gc
+
+    keep_spec = other_spec.folder
+    del first, again, changed, added, other_spec  # this process stops reading the old ones
+    gc.collect()
     removed = build_cache(scan(tree), SPEC, c)
     assert not removed.reused and "dog/0.jpg" not in removed.paths
     # Stale caches of the same folder and spec are cleaned up; the other spec's stays.
     assert sorted(p.name for p in (c / "images").iterdir()) == sorted(
-        [removed.folder.name, other_spec.folder.name])
+        [removed.folder.name, keep_spec.name])
 
 
 def test_file_broken_after_the_scan_is_left_out_not_fatal(tree, tmp_path, capsys):
@@ -118,3 +123,50 @@ def test_open_only_mode_finds_the_built_cache_or_says_it_is_not_shared(tree, tmp
         build_cache(index, SPEC, tmp_path / "elsewhere", build=False)
     built = build_cache(index, SPEC, tmp_path / "c")
     assert build_cache(index, SPEC, tmp_path / "c", build=False).folder == built.folder
+
+
+def test_a_file_rewritten_with_the_same_size_and_mtime_gets_its_new_pixels(tree, tmp_path):
+    c = tmp_path / "c"
+    path = tree / "cat" / "same.bmp"  # BMP: the same dimensions give the same file size
+    images.save(path, images.pattern(30, 20, 1), "BMP")
+    first = build_cache(scan(tree), SPEC, c)
+    st = path.stat()
+    images.save(path, images.pattern(30, 20, 2), "BMP")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    changed = build_cache(scan(tree), SPEC, c)
+    assert changed.folder != first.folder
+    row = changed.paths.index("cat/same.bmp")
+    assert np.array_equal(changed.images()[row], load_image(path, SPEC))
+
+
+def test_the_pillow_version_is_part_of_the_cache_key(tree, monkeypatch):
+    import PIL
+
+    from imgcls.cache import cache_key
+
+    index = scan(tree)
+    family, key = cache_key(index, SPEC)
+    monkeypatch.setattr(PIL, "__version__", "0.0.1")
+    assert cache_key(index, SPEC) == (family, cache_key(index, SPEC)[1]) != (family, key)
+
+
+def test_clean_up_keeps_a_cache_another_job_is_reading(tree, tmp_path):
+    c = tmp_path / "c"
+    old = build_cache(scan(tree), SPEC, c).folder
+    reader = subprocess.Popen(  # another job: opens the cache and keeps reading it
+        [sys.executable, "-c", "import sys, time; from imgcls.cache import open_cache; "
+         "c = open_cache(sys.argv[1]); print('open', flush=True); time.sleep(60)", str(old)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        images.jpeg(tree / "cat" / "new.jpg", seed=4321)
+        newer = build_cache(scan(tree), SPEC, c)
+        assert newer.folder != old and old.exists()  # in use: kept
+        assert open_cache(old).images().shape[0] == 16
+    finally:
+        reader.kill()
+        reader.wait()
+    images.jpeg(tree / "cat" / "newer.jpg", seed=4322)
+    build_cache(scan(tree), SPEC, c)
+    assert not old.exists()  # nobody reads it any more: cleaned up

@@ -24,7 +24,7 @@ def test_round_trip(tmp_path):
     back = load_checkpoint(p)
     assert torch.equal(back.weights["conv.weight"], make().weights["conv.weight"])
     assert back.weights["bn.num_batches_tracked"].item() == 7
-    assert back.meta["class_names"] == ["a", "b"] and back.meta["format_version"] == 1
+    assert back.meta["class_names"] == ["a", "b"] and back.meta["format_version"] == 2
     assert back.resumable and back.train_meta["epoch"] == 3
     assert read_metadata(p)["epoch"] == 3
     light = load_checkpoint(p, train_state=False)
@@ -65,3 +65,36 @@ def test_resume_picks_the_most_advanced_checkpoint_not_last_by_name(tmp_path):
     # a Ctrl-C mid-epoch 4 is further along than any epoch file
     save_checkpoint(tmp_path / "last.safetensors", ck(3, 5))
     assert find_resumable(tmp_path)[1].name == "last.safetensors"
+
+
+def test_the_checksum_covers_the_metadata(tmp_path):
+    """Swapping the class names (or any metadata) in a file is caught, not believed."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load, save
+
+    p = tmp_path / "c.safetensors"
+    save_checkpoint(p, make())
+    with safe_open(str(p), framework="pt") as f:
+        metadata = f.metadata()
+    meta = json.loads(metadata["imgcls"])
+    meta["class_names"] = ["b", "a"]
+    metadata["imgcls"] = json.dumps(meta)
+    p.write_bytes(save(load(p.read_bytes()), metadata=metadata))  # same tensors, same sha256
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(p)
+
+
+def test_pruning_keeps_the_newest_by_epoch_past_999(tmp_path):
+    from imgcls.checkpoint import epoch_path
+    from imgcls.runfolder import RunWriter
+
+    run = tmp_path / "run"
+    for epoch in (997, 998, 999, 1000, 1001):
+        ck = make()
+        ck.meta["epoch"] = epoch
+        save_checkpoint(epoch_path(run, epoch), ck)
+    RunWriter(run, keep=2).prune()
+    left = sorted(read_metadata(p)["epoch"] for p in (run / "checkpoints").iterdir())
+    assert left == [1000, 1001]

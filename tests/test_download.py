@@ -21,6 +21,7 @@ from imgcls.scan import scan
 class _Handler(http.server.BaseHTTPRequestHandler):
     files: dict = {}
     cut_after: dict = {}  # path -> bytes sent before the connection drops (once)
+    range_from_zero = False  # answer a Range with 206 but the whole file (a broken server)
 
     def log_message(self, *a):
         pass
@@ -33,7 +34,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         start = 0
         rng = self.headers.get("Range")
         if rng and rng.startswith("bytes="):
-            start = int(rng[6:].split("-")[0])
+            start = 0 if self.range_from_zero else int(rng[6:].split("-")[0])
             if start >= len(data):
                 self.send_response(416)
                 self.end_headers()
@@ -56,7 +57,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    _Handler.files, _Handler.cut_after = {}, {}
+    _Handler.files, _Handler.cut_after, _Handler.range_from_zero = {}, {}, False
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
@@ -102,6 +103,20 @@ def test_interrupted_download_resumes_byte_identical(server, tmp_path, capsys):
     assert main(["download", "--dest", str(tmp_path), "--url", url, "--sha256", sha]) == 0
     assert "resumed at" in capsys.readouterr().out
     assert (tmp_path / "pets.zip").read_bytes() == data and not part.exists()
+
+
+def test_a_partial_reply_for_another_range_is_not_appended(server, tmp_path, capsys):
+    """A 206 whose Content-Range starts elsewhere than asked must not be appended."""
+    h, base = server
+    data = pet_zip()
+    h.files["/pets.zip"] = data
+    h.cut_after["/pets.zip"] = len(data) // 3
+    url = base + "/pets.zip"
+    assert main(["download", "--dest", str(tmp_path), "--url", url, "--timeout", "5"]) == 2
+    assert (tmp_path / "pets.zip.part").stat().st_size > 0
+    h.range_from_zero = True  # now the server sends the whole file as "bytes 0-..."
+    assert main(["download", "--dest", str(tmp_path), "--url", url]) == 0
+    assert (tmp_path / "pets.zip").read_bytes() == data
 
 
 def test_checksum_mismatch_is_refused(server, tmp_path, capsys):

@@ -32,6 +32,9 @@ from imgcls.scan import DatasetIndex, FileNote, default_cache_dir
 
 CACHE_VERSION = 1
 IMAGES, LABELS, MANIFEST = "images.npy", "labels.npy", "manifest.json"
+# Every process that opens a cache holds a shared flock on this file for as long as it
+# lives; clean-up deletes a cache only when it can take the lock exclusively (nobody reads).
+READER_LOCK = "reader.lock"
 
 
 @dataclass
@@ -47,6 +50,7 @@ class ImageCache:
     data_offset: int = 0  # bytes before the first pixel in images.npy
     built_seconds: float = 0.0
     reused: bool = False
+    lock_fd: int | None = None  # the reader lock held while this process uses the cache
 
     @property
     def images_path(self) -> Path:
@@ -73,11 +77,49 @@ class ImageCache:
 
 
 def cache_key(index: DatasetIndex, spec: PreprocessSpec) -> tuple[str, str]:
-    """(family, key): family names the data folder + spec; key adds the file fingerprint."""
+    """(family, key): family names the data folder + spec; key adds the file fingerprint
+    (paths, sizes, mtimes and contents) and the Pillow version, whose decoders and
+    resampling filters can change pixels between releases."""
+    import PIL
+
     spec_json = json.dumps(spec.to_dict(), sort_keys=True)
     family = hashlib.sha256(f"{index.root}|{spec_json}|v{CACHE_VERSION}".encode(
         "utf-8", "surrogateescape")).hexdigest()[:12]
-    return family, hashlib.sha256(f"{family}|{index.fingerprint}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{family}|{index.fingerprint}|pillow {PIL.__version__}".encode())
+    return family, key.hexdigest()[:16]
+
+
+def _hold_reader_lock(folder: Path) -> int | None:
+    """Take a shared lock on the cache's reader lock (released when the process ends)."""
+    import fcntl
+
+    try:
+        fd = os.open(folder / READER_LOCK, os.O_RDONLY)
+    except OSError:
+        return None  # a cache from before reader locks: nothing to hold
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def _remove_unless_in_use(folder: Path) -> bool:
+    """Delete a cache folder unless a live process holds its reader lock."""
+    import fcntl
+
+    try:
+        fd = os.open(folder / READER_LOCK, os.O_RDONLY)
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False  # another job is reading it right now
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def open_cache(folder: str | os.PathLike) -> ImageCache:
@@ -95,9 +137,15 @@ def open_cache(folder: str | os.PathLike) -> ImageCache:
             raise ValueError("incomplete")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{folder}: not a complete image cache ({exc})") from None
-    return ImageCache(folder, spec, m["fingerprint"], m["root"], m["class_names"], m["paths"],
-                      labels, [FileNote(**d) for d in m["dropped"]], int(m["data_offset"]),
-                      m.get("built_seconds", 0.0))
+    cache = ImageCache(folder, spec, m["fingerprint"], m["root"], m["class_names"], m["paths"],
+                       labels, [FileNote(**d) for d in m["dropped"]], int(m["data_offset"]),
+                       m.get("built_seconds", 0.0))
+    cache.lock_fd = _hold_reader_lock(folder)
+    if cache.lock_fd is not None:
+        import weakref
+
+        weakref.finalize(cache, os.close, cache.lock_fd)
+    return cache
 
 
 def _pid_alive(pid: int) -> bool:
@@ -120,7 +168,9 @@ def _clean_family(base: Path, family: str, keep: str) -> None:
             pid = name.rsplit(".tmp-", 1)[1].split("-")[0]
             if pid.isdigit() and _pid_alive(int(pid)):
                 continue  # another process is building right now
-        shutil.rmtree(p, ignore_errors=True)
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            _remove_unless_in_use(p)
 
 
 def _decode_into(fd: int, offset: int, spec: PreprocessSpec, max_pixels: int,
@@ -194,6 +244,7 @@ def build_cache(index: DatasetIndex, spec: PreprocessSpec, cache_dir: str | os.P
             print(f"imgcls: warning: {display(index.samples[row].path)}: {reason}; left out",
                   file=sys.stderr)
         np.save(tmp / LABELS, labels)
+        (tmp / READER_LOCK).touch()
         elapsed = time.perf_counter() - t0
         atomic_write_json(tmp / MANIFEST, {
             "version": CACHE_VERSION, "fingerprint": index.fingerprint, "root": index.root,

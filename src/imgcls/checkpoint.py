@@ -7,8 +7,9 @@ class names, preprocess spec, model config, epoch, metrics, format version, and 
 the optimizer's hyper-parameters and counters. Loading never unpickles anything.
 
 One file means one atomic rename: a kill at any instant leaves the previous file whole.
-A SHA-256 over every tensor's bytes, stored in the metadata, catches truncated or damaged
-files that would otherwise load as garbage.
+A SHA-256 over every tensor's bytes and the JSON metadata (class names, preprocess spec,
+model config), stored in the metadata, catches truncated, damaged or edited files that
+would otherwise load as garbage or, worse, answer with the wrong class names.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from imgcls import __version__
 from imgcls.errors import UserError
 from imgcls.fsutil import atomic_write_bytes, display
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the checksum covers the JSON metadata too
 
 
 class CheckpointError(ValueError):
@@ -47,8 +48,10 @@ class Checkpoint:
         return bool(self.train_meta)
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
+def _digest(tensors: dict[str, torch.Tensor], meta_json: tuple[str, ...] = ()) -> str:
     h = hashlib.sha256()
+    for text in meta_json:  # format 2: the metadata strings, exactly as stored
+        h.update(text.encode("utf-8") + b"\0")
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
         h.update(name.encode() + b"\0" + str(t.dtype).encode() + str(tuple(t.shape)).encode())
@@ -62,8 +65,8 @@ def to_bytes(ckpt: Checkpoint) -> bytes:
                     for k, v in ckpt.train_tensors.items()})
     meta = dict(ckpt.meta, format_version=FORMAT_VERSION, imgcls_version=__version__,
                 torch_version=torch.__version__)
-    metadata = {"imgcls": json.dumps(meta), "imgcls_train": json.dumps(ckpt.train_meta),
-                "sha256": _digest(tensors)}
+    texts = (json.dumps(meta), json.dumps(ckpt.train_meta))
+    metadata = {"imgcls": texts[0], "imgcls_train": texts[1], "sha256": _digest(tensors, texts)}
     return st_save(tensors, metadata=metadata)
 
 
@@ -107,14 +110,31 @@ def load_checkpoint(path: str | os.PathLike, train_state: bool = True) -> Checkp
         raise CheckpointError(f"{display(path)}: truncated or not an imgcls checkpoint "
                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
                               ) from None
-    if metadata.get("sha256") != _digest(tensors):
-        raise CheckpointError(f"{display(path)}: damaged (checksum mismatch)")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    covered = (metadata["imgcls"], metadata.get("imgcls_train") or "{}") if version >= 2 else ()
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{display(path)}: written by a newer imgcls "
                               f"({meta.get('imgcls_version')}); upgrade imgcls to read it")
+    if metadata.get("sha256") != _digest(tensors, covered):
+        raise CheckpointError(f"{display(path)}: damaged (checksum mismatch)")
     weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     train = {k[6:]: v for k, v in tensors.items() if k.startswith("train.")} if train_state else {}
     return Checkpoint(weights, meta, train, train_meta if train_state else {})
+
+
+def nonfinite_tensors(weights: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding NaN or infinity (a diverged training)."""
+    return [k for k, v in weights.items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite(path: str | os.PathLike, weights: dict[str, torch.Tensor]) -> None:
+    """Refuse a model whose weights are not all finite: it can only answer NaN."""
+    bad = nonfinite_tensors(weights)
+    if bad:
+        raise UserError(f"{display(path)}: the model's weights hold NaN or infinite values "
+                        f"({len(bad)} tensors, e.g. {bad[0]}): its training diverged; "
+                        "retrain with a lower learning rate or weight decay")
 
 
 # ----------------------------------------------------------------------------- run folders

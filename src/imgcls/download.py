@@ -38,6 +38,14 @@ class DownloadResult:
     resumed_from: int
 
 
+def _range_start(content_range: str | None) -> int | None:
+    """The first byte of a `Content-Range: bytes START-END/TOTAL` header, else None."""
+    import re
+
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", content_range or "")
+    return int(m[1]) if m else None
+
+
 def _disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -63,9 +71,16 @@ def fetch(url: str, dest_file: Path, timeout: float = 15.0, sha256: str | None =
     resumed = 0
     if resp is not None:
         with resp:
-            if have and resp.status == 206:
+            start = _range_start(resp.headers.get("Content-Range")) if resp.status == 206 else 0
+            if have and resp.status == 206 and start == have:
                 resumed = have
                 mode = "ab"
+            elif start != 0:
+                # A partial reply for another range than we asked (or without saying which):
+                # appending it would silently corrupt the archive. Start over instead.
+                resp.close()
+                part.unlink(missing_ok=True)
+                return fetch(url, dest_file, timeout, sha256, progress)
             else:
                 have, mode = 0, "wb"  # the server ignored the Range: start over
             length = resp.headers.get("Content-Length")

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from imgcls import __version__
-from imgcls.checkpoint import CheckpointError, load_checkpoint, resolve_model_path
+from imgcls.checkpoint import CheckpointError, check_finite, load_checkpoint, resolve_model_path
 from imgcls.errors import UserError
 from imgcls.fsutil import atomic_write_bytes, display
 from imgcls.models import ModelConfig, create_model
@@ -91,6 +91,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, opset: in
         ckpt = load_checkpoint(src, train_state=False)
     except CheckpointError as exc:
         raise UserError(str(exc)) from None
+    check_finite(src, ckpt.weights)
     try:
         import onnx
         import onnxruntime as ort
@@ -135,7 +136,10 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, opset: in
     o_logits, o_probs = sess.run([LOGITS, PROBS], {INPUT: images})
     d_probs = float(np.abs(o_probs - t_probs).max())
     d_logits = float(np.abs(o_logits - t_logits).max())
-    if d_probs > PARITY_TOLERANCE:
+    if not (np.isfinite(o_probs).all() and np.isfinite(t_probs).all()):
+        raise UserError(f"{display(src)} answers NaN or infinity on {len(images)} images; "
+                        f"not writing {display(out)}")
+    if not d_probs <= PARITY_TOLERANCE:  # `not <=`: a NaN difference fails too
         raise UserError(f"ONNX Runtime and PyTorch disagree by {d_probs:.2e} (> {PARITY_TOLERANCE}) "
                         f"on {len(images)} images; not writing {display(out)}")
     try:

@@ -57,13 +57,14 @@ class _TorchBackend:
     def __init__(self, path: Path, device: str):
         import torch
 
-        from imgcls.checkpoint import CheckpointError, load_checkpoint
+        from imgcls.checkpoint import CheckpointError, check_finite, load_checkpoint
         from imgcls.models import ModelConfig, create_model
 
         try:
             ckpt = load_checkpoint(path, train_state=False)
         except CheckpointError as exc:
             raise UserError(str(exc)) from None
+        check_finite(path, ckpt.weights)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.torch, self.device = torch, torch.device(device)
@@ -129,7 +130,12 @@ class Predictor:
 
     def probabilities(self, batch: np.ndarray, tta: bool = False) -> np.ndarray:
         """(B, H, W, 3) uint8 prepared images -> (B, C) probabilities."""
-        return softmax_probs(self.backend.logits(batch, tta))
+        probs = softmax_probs(self.backend.logits(batch, tta))
+        if not np.isfinite(probs).all():
+            # Never print "nan% cats": a model that answers NaN is broken, not uncertain.
+            raise UserError(f"{display(self.source)}: the model answered NaN or infinity "
+                            "(its weights or its arithmetic overflow); no prediction is given")
+        return probs
 
     def prepare(self, source: Source) -> np.ndarray:
         return load_image(source, self.spec)
