@@ -113,6 +113,12 @@ def test_sigint_saves_a_resumable_checkpoint_mid_epoch(data, tmp_path):
     res = cli("train", "--resume", run)
     assert res.returncode == 0, res.stderr
     assert same_weights(ref / "last.safetensors", run / "last.safetensors")
+    # The interrupted epoch's loss and accuracy cover all its steps, not only those after
+    # the resume: the checkpoint carried the partial sums.
+    strip = lambda p: [{k: v for k, v in json.loads(x).items()
+                        if k not in ("seconds", "images_per_s", "elapsed_s")}
+                       for x in (p / "metrics.jsonl").read_text().splitlines()]
+    assert strip(run) == strip(ref)
 
 
 def test_truncated_last_checkpoint_falls_back_to_the_previous(data, tmp_path):
@@ -247,3 +253,129 @@ def test_automatic_micro_batch_fits_free_memory():
     huge = 2 ** 22  # 4 M images of 32 px: tens of GB of activations
     micro = _auto_micro_batch(model, 32, huge, dev)
     assert micro < huge and huge % micro == 0
+
+
+def _paths(rows):
+    return [r[0] for r in rows]
+
+
+def test_the_split_is_pinned_when_the_folder_changes(tmp_path):
+    """Resume and evaluate use the run's recorded files: what vanished or changed is named
+    and left out, what was added is not pulled in, no training photo becomes validation."""
+    from imgcls.split import read_record
+
+    data = images.two_class_tree(tmp_path / "data", 12, 40)
+    run = tmp_path / "run"
+    assert cli("train", data, "--out", run, "--epochs", "1", *TINY).returncode == 0
+    rec = read_record(run)
+    val, train = _paths(rec["val"]), _paths(rec["train"])
+    assert len(val) >= 3 and not set(val) & set(train)
+    (data / val[0]).unlink()  # vanished
+    images.jpeg(data / val[1], seed=4242)  # rewritten: other bytes
+    (data / train[0]).unlink()
+    for i in range(5):  # added: would reshuffle a positional split
+        images.jpeg(data / "cat" / f"a_new{i}.jpg", seed=900 + i)
+    res = cli("train", "--resume", run, "--epochs", "2")
+    assert res.returncode == 0, res.stderr
+    assert val[0] in res.stderr and val[1] in res.stderr and train[0] in res.stderr
+    assert "vanished" in res.stderr and "changed" in res.stderr
+    assert "5 file(s) added" in res.stderr
+    summary = json.loads((run / "data.json").read_text())
+    assert summary["val_images"] == len(val) - 2 and summary["train_images"] == len(train) - 1
+    assert read_record(run) == rec  # the record is never rewritten by a resume
+    res = cli("evaluate", run, "--json", "--no-figures")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["images"] == len(val) - 2
+    assert val[0] in res.stderr and val[1] in res.stderr
+
+
+def test_diverging_training_stops_at_the_first_nonfinite_loss(data, tmp_path):
+    run = tmp_path / "run"
+    res = cli("train", data, "--out", run, "--epochs", "3", *TINY, "--lr", "1e30")
+    assert res.returncode == 2
+    errs = images.error_lines(res.stderr)
+    assert len(errs) == 1 and "diverged" in errs[0] and "step" in errs[0], res.stderr
+    assert "nan" not in res.stdout.lower()
+    assert not (run / "best.safetensors").exists()  # nothing NaN is ever called best
+
+
+def test_a_model_with_nan_weights_is_refused_by_predict_evaluate_export(data, tmp_path):
+    from imgcls.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    assert cli("train", data, "--out", run, "--epochs", "1", *TINY).returncode == 0
+    ck = load_checkpoint(run / "best.safetensors", train_state=False)
+    ck.weights = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                  for k, v in ck.weights.items()}
+    bad = tmp_path / "bad.safetensors"
+    save_checkpoint(bad, ck)
+    photo = next((data / "cat").iterdir())
+    for argv in (["predict", bad, photo], ["evaluate", bad, data, "--no-figures"],
+                 ["export", bad, "-o", tmp_path / "m.onnx"]):
+        res = cli(*argv)
+        assert res.returncode == 2, (argv, res.stdout, res.stderr)
+        errs = images.error_lines(res.stderr)
+        assert len(errs) == 1 and "NaN" in errs[0], res.stderr
+        assert "nan%" not in res.stdout
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_single_logit_model_trains_with_the_binary_loss(data, tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model_options": {"single_logit": True}}))
+    run = tmp_path / "run"
+    res = cli("train", data, "--out", run, "--epochs", "3", "--config", cfg, *TINY)
+    assert res.returncode == 0, res.stderr
+    assert load_checkpoint(run / "best.safetensors").weights["fc.weight"].shape[0] == 1
+    hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert hist[-1]["loss"] < hist[0]["loss"] and max(h["val_accuracy"] for h in hist) >= 0.7
+    res = cli("predict", run, next((data / "dog").iterdir()))
+    assert res.returncode == 0 and res.stdout.startswith("This image is "), res.stderr
+    five = images.two_class_tree(tmp_path / "five", 4, 40, classes=("a", "b", "c"))
+    res = cli("train", five, "--out", tmp_path / "r5", "--config", cfg, *TINY)
+    errs = images.error_lines(res.stderr)
+    assert res.returncode == 2 and len(errs) == 1 and "exactly two classes" in errs[0]
+
+
+def test_class_weighted_micro_batches_equal_the_full_batch(tmp_path):
+    """--class-weights balanced: passes of 3+2+3 give the full batch's weighted mean."""
+    from imgcls.models import ModelConfig, create_model
+
+    root = tmp_path / "d"
+    images.two_class_tree(root, 15, 40)
+    for p in sorted((root / "dog").iterdir())[5:]:
+        p.unlink()  # 15 cats, 5 dogs
+    settings = {"model": "xception-tiny", "image_size": 32, "batch_size": 8, "seed": 7,
+                "model_options": {"dropout": 0.0, "norm": "group"}, "flip": False,
+                "rotation": 0.0, "optimizer": "sgd", "lr": 0.05, "threads": 1, "amp": "off",
+                "class_weights": "balanced"}
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(settings))
+    for name, micro in (("whole", 8), ("parts", 3)):
+        res = cli("train", root, "--out", tmp_path / name, "--config", cfg, "--epochs", "1",
+                  "--micro-batch", micro)
+        assert res.returncode == 0, res.stderr
+    torch.manual_seed(7)
+    init = create_model(ModelConfig("xception-tiny", 2, settings["model_options"])).state_dict()
+    a = weights(tmp_path / "whole" / "last.safetensors")
+    b = weights(tmp_path / "parts" / "last.safetensors")
+    assert images.close_after_training(a, b, init) == []
+
+
+def test_passes_never_leave_a_single_image():
+    from imgcls.train import _passes
+
+    for n in range(2, 40):
+        for micro in range(2, 12):
+            sizes = [hi - lo for lo, hi in _passes(n, micro)]
+            assert sum(sizes) == n and min(sizes) >= 2, (n, micro, sizes)
+            assert max(sizes) <= micro or max(sizes) <= 3, (n, micro, sizes)
+
+
+def test_resuming_with_other_epochs_says_how_the_schedule_changes(data, tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", data, "--out", run, "--epochs", "1", "--schedule", "cosine",
+               *TINY).returncode == 0
+    res = cli("train", "--resume", run, "--epochs", "3")
+    assert res.returncode == 0, res.stderr
+    assert "re-times the cosine learning-rate schedule" in res.stderr

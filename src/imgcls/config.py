@@ -42,6 +42,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear warm-up, epochs (fractions allowed)
     label_smoothing: float = 0.0
     class_weights: str = "none"  # "none" or "balanced" (inverse class frequency)
+    bn_recalibrate: int = 4096  # images (per rank) that re-estimate BatchNorm statistics
+    #                            before each validation (bnstats.py); 0 = off
     # augmentation (training only)
     flip: bool = True
     rotation: float = 0.1  # fraction of a full turn (0.1 = +-36 degrees)

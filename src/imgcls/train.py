@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from imgcls import __version__
 from imgcls import distributed as D
 from imgcls.augment import AugmentConfig, augment_batch, to_float
+from imgcls.bnstats import collapse_warning, has_batchnorm, recalibrate
 from imgcls.cache import ImageCache, build_cache
 from imgcls.checkpoint import BEST, LAST, Checkpoint, find_resumable
 from imgcls.config import TrainConfig
@@ -225,6 +226,9 @@ class TrainState:
     step: int = 0  # steps of that epoch already done (resuming mid-epoch)
     partial: list[float] | None = None  # that epoch's sums so far: loss, correct, count, seen, s
     resumed: Checkpoint | None = None
+    recal_loader: BatchLoader | None = None  # training images for BatchNorm's statistics
+    class_names: list[str] = field(default_factory=list)
+    warned_collapse: bool = False
 
 
 def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: D.World,
@@ -285,6 +289,10 @@ def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: 
     state = TrainState(model, net, make_optimizer(cfg, model), scaler, autocast,
                        torch.Generator(device=device), None if w is None else w.to(device),
                        micro, steps, steps * cfg.epochs, int(round(cfg.warmup_epochs * steps)))
+    state.class_names = list(data.index.class_names)
+    if cfg.bn_recalibrate > 0 and has_batchnorm(model):
+        state.recal_loader = BatchLoader(data.cache, data.train_rows, per_rank, seed=cfg.seed + 1,
+                                         rank=world.rank, world_size=world.size, device=device)
     if resumed is not None:
         _restore(state, resumed, cfg, world)
     return state, train_loader, val_loader
@@ -341,9 +349,11 @@ def _checkpoint(state: TrainState, meta_base: dict, world: D.World, device: torc
 
 
 def _passes(n: int, micro: int) -> list[tuple[int, int]]:
-    """Split a batch of n into ceil(n / micro) passes of near-equal size: never a pass of
+    """Split a batch of n into about n / micro passes of near-equal size: never a pass of
     one image unless micro is 1 (BatchNorm on a single image is noise, or an error)."""
     k = -(-n // max(1, micro))
+    if micro > 1 and k > 1 and n // k < 2:
+        k = max(1, n // 2)  # passes of 2 or 3: one image over the memory estimate at most
     bounds = [round(i * n / k) for i in range(k + 1)]
     return list(zip(bounds, bounds[1:]))
 
@@ -438,23 +448,35 @@ def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world:
     return EpochOutcome(sums, seen, seconds + time.perf_counter() - t0, step, flags)
 
 
+@dataclass
+class Validation:
+    loss: float  # mean cross-entropy
+    accuracy: float
+    pred_counts: np.ndarray  # (C,) how often each class was answered
+    true_counts: np.ndarray  # (C,) images of each class
+
+
 @torch.no_grad()
-def run_validation(model: nn.Module, loader: BatchLoader, world: D.World,
-                   autocast) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over every validation image, across all ranks."""
+def run_validation(model: nn.Module, loader: BatchLoader, world: D.World, autocast,
+                   n_classes: int) -> Validation:
+    """Loss, accuracy and answer counts over every validation image, across all ranks."""
     model.eval()
     dev = loader.device
-    sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss, correct, count
+    sums = torch.zeros(3 + 2 * n_classes, dtype=torch.float64, device=dev)  # loss, correct, n
     for b in loader:
         x = to_float(b.images)
         with autocast():
             logits = two_logits(model(x).float())
+        pred = logits.argmax(1)
         sums[0] += F.cross_entropy(logits, b.labels, reduction="sum").double()
-        sums[1] += (logits.argmax(1) == b.labels).sum()
+        sums[1] += (pred == b.labels).sum()
         sums[2] += len(b.labels)
+        sums[3:3 + n_classes] += torch.bincount(pred, minlength=n_classes)[:n_classes]
+        sums[3 + n_classes:] += torch.bincount(b.labels, minlength=n_classes)[:n_classes]
     D.all_sum(world, sums)
-    n = max(sums[2].item(), 1)
-    return sums[0].item() / n, sums[1].item() / n
+    s = sums.cpu().numpy()
+    n = max(s[2], 1)
+    return Validation(s[0] / n, s[1] / n, s[3:3 + n_classes], s[3 + n_classes:])
 
 
 def _diverged_message(cfg: TrainConfig, global_step: int, steps: int, run: Path,
@@ -653,14 +675,25 @@ def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_lo
     """Reduce the epoch's sums, validate, and return its metrics line."""
     t_val = time.perf_counter()
     D.all_sum(world, out.sums)
-    val_loss, val_acc = run_validation(state.net, val_loader, world, state.autocast)
+    if state.recal_loader is not None:
+        state.recal_loader.set_epoch(state.epoch)
+        recalibrate(state.model, state.recal_loader, cfg.bn_recalibrate, state.micro,
+                    state.autocast, world)
+    v = run_validation(state.net, val_loader, world, state.autocast, len(state.class_names))
     s = out.sums.tolist()
     h = {"epoch": state.epoch + 1, "loss": s[0] / max(1.0, s[2]),
-         "accuracy": s[1] / max(1.0, s[2]), "val_loss": val_loss, "val_accuracy": val_acc,
+         "accuracy": s[1] / max(1.0, s[2]), "val_loss": v.loss, "val_accuracy": v.accuracy,
          "lr": state.opt.param_groups[0]["lr"],
          "images_per_s": out.seen * world.size / max(out.seconds, 1e-9),
          "seconds": out.seconds + time.perf_counter() - t_val,
          "elapsed_s": time.perf_counter() - started}
+    warning = collapse_warning(v.pred_counts, v.true_counts, v.accuracy, h["accuracy"],
+                               state.class_names, state.epoch + 1)
+    if warning:
+        h["collapsed"] = True
+        if not state.warned_collapse or state.epoch + 1 == cfg.epochs:
+            _log(world, f"imgcls: warning: {warning}", file=sys.stderr)
+            state.warned_collapse = True
     if world.active:
         h["rank_weight_sums"] = _weights_checksum(world, state.model, device)
         if len(set(h["rank_weight_sums"])) != 1:

@@ -1,0 +1,79 @@
+"""bnstats: BatchNorm statistics re-estimated exactly; the one-class warning fires on a
+collapsed run and stays quiet on a healthy one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import images
+from imgcls.bnstats import collapse_warning, recalibrate
+from imgcls.distributed import World
+
+
+class _Loader:
+    def __init__(self, x, bs):
+        self.x, self.bs = x, bs
+
+    def __iter__(self):
+        from types import SimpleNamespace
+
+        for i in range(0, len(self.x), self.bs):
+            yield SimpleNamespace(images=self.x[i:i + self.bs])
+
+
+def test_recalibrate_gives_the_training_images_exact_statistics():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3)
+    model = nn.Sequential(conv, nn.BatchNorm2d(4, momentum=0.01), nn.Dropout(0.5))
+    x = torch.randint(0, 256, (12, 8, 8, 3), dtype=torch.uint8)  # NHWC uint8, as the cache
+    with torch.no_grad():
+        feats = conv(x.permute(0, 3, 1, 2).float())
+    from contextlib import nullcontext
+
+    used = recalibrate(model, _Loader(x, 4), 100, 4, nullcontext, World())
+    assert used == 12
+    bn = model[1]
+    # Equal-weight batches of 4: the mean of batch means = the mean over all 12 images.
+    assert torch.allclose(bn.running_mean, feats.mean((0, 2, 3)), atol=1e-4)
+    per_batch_var = torch.stack([feats[i:i + 4].var((0, 2, 3), unbiased=True) for i in (0, 4, 8)])
+    assert torch.allclose(bn.running_var, per_batch_var.mean(0), rtol=1e-4)
+    assert bn.momentum == 0.01 and model.training  # momentum and mode restored
+
+
+def test_collapse_warning_rules():
+    names = ["cat", "dog"]
+    t = np.array([10, 10])
+    assert "answers 'dog' for every" in collapse_warning(np.array([0, 20]), t, 0.5, 0.9, names, 2)
+    assert collapse_warning(np.array([0, 20]), t, 0.5, 0.52, names, 1) is None  # untrained yet
+    assert "no better than" in collapse_warning(np.array([3, 17]), t, 0.51, 0.95, names, 5)
+    assert collapse_warning(np.array([9, 11]), t, 0.8, 0.95, names, 5) is None
+
+
+def _train(data, run, *extra):
+    return subprocess.run([sys.executable, "-m", "imgcls", "train", str(data), "--out", str(run),
+                           "--model", "xception-tiny", "--image-size", "32", "--batch-size", "8",
+                           "--lr", "3e-3", "--seed", "3", "--threads", "2", "--epochs", "4", *extra],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_collapsed_run_is_named_and_recalibration_prevents_it(tmp_path):
+    """A small folder with the tutorial's slow BatchNorm: without re-estimated statistics
+    the network answers one class in evaluation mode, and says so; with them it does not."""
+    data = images.two_class_tree(tmp_path / "data", 16, 40)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model_options": {"bn_momentum": 0.01}, "bn_recalibrate": 0}))
+    res = _train(data, tmp_path / "off", "--config", cfg)
+    assert res.returncode == 0, res.stderr
+    assert "for every validation photo" in res.stderr or "no better than" in res.stderr
+    cfg.write_text(json.dumps({"model_options": {"bn_momentum": 0.01}}))
+    res = _train(data, tmp_path / "on", "--config", cfg)
+    assert res.returncode == 0, res.stderr
+    assert "learnt nothing" not in res.stderr
+    hist = [json.loads(x) for x in (tmp_path / "on" / "metrics.jsonl").read_text().splitlines()]
+    assert max(h["val_accuracy"] for h in hist) >= 0.8
