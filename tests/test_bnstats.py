@@ -57,7 +57,7 @@ def test_collapse_warning_rules():
 
 def _train(data, run, *extra):
     return subprocess.run([sys.executable, "-m", "imgcls", "train", str(data), "--out", str(run),
-                           "--model", "xception-tiny", "--image-size", "32", "--batch-size", "8",
+                           "--preset", "tutorial", "--model", "xception-tiny", "--image-size", "32", "--batch-size", "8",
                            "--lr", "3e-3", "--seed", "3", "--threads", "2", "--epochs", "4", *extra],
                           capture_output=True, text=True, timeout=300)
 

@@ -23,7 +23,7 @@ from imgcls.checkpoint import load_checkpoint
 # only difference is the order of floating-point sums (DDP averages two half-batch means).
 # Plain SGD keeps that difference at rounding size (Adam divides by the gradient's own scale
 # and so turns rounding noise in near-zero gradients into lr-sized steps). Rounding differs
-# between CPUs (AVX2, AVX-512, AMX kernels), so the tolerance is relative: 1e-3 of how far
+# between CPUs (AVX2, AVX-512, AMX kernels), so the tolerance is relative: 5e-3 of how far
 # training moved each weight (images.close_after_training); a wrong gradient is off by the
 # whole step.
 SETTINGS = {"model": "xception-tiny", "model_options": {"dropout": 0.0, "norm": "group"},
@@ -43,13 +43,14 @@ def setup(tmp_path_factory):
 
 def torchrun(n: int, *args, **kw):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           "-m", "imgcls", "train", *map(str, args)]
+           "-m", "imgcls", "train", "--preset", "tutorial", *map(str, args)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, **kw)
 
 
 def single(*args):
-    return subprocess.run([sys.executable, "-m", "imgcls", "train", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "imgcls", "train", "--preset", "tutorial",
+                           *map(str, args)],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -93,7 +94,7 @@ def test_killed_rank_ends_the_run_and_it_resumes_on_one_rank(setup, tmp_path):
     data, cfg = setup
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "imgcls", "train", str(data), "--out", str(run), "--config", str(cfg),
+           "-m", "imgcls", "train", str(data), "--out", str(run), "--config", str(cfg), "--preset", "tutorial",
            "--epochs", "40", "--batch-size", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -137,3 +138,60 @@ def _rank_pid(root: int, rank: int) -> int | None:
         if f"RANK={rank}".encode() in env and b"LOCAL_RANK=" + str(rank).encode() in env:
             return pid
     return None
+
+
+def _ranks_exit_within(proc, seconds: float) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"a rank hung for {seconds} s:\n{out[-1500:]}\n{err[-3000:]}")
+
+
+def test_time_limit_stops_every_rank_together(setup, tmp_path):
+    data, cfg = setup
+    run = tmp_path / "run"
+    t0 = time.time()
+    r = torchrun(2, data, "--out", run, "--config", cfg, "--epochs", "50", "--time-limit", "0.0001")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stdout.count("Time limit") == 1 and time.time() - t0 < 120
+    assert load_checkpoint(run / "last.safetensors").meta["epoch"] == 1
+
+
+def test_a_run_folder_that_holds_a_run_stops_every_rank(setup, tmp_path):
+    data, cfg = setup
+    run = tmp_path / "run"
+    assert torchrun(2, data, "--out", run, "--config", cfg, "--epochs", "1").returncode == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "imgcls", "train", str(data), "--out", str(run), "--config", str(cfg), "--preset", "tutorial"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out, err = _ranks_exit_within(proc, 60)
+    assert proc.returncode != 0
+    # torchrun adds its own report of the failed workers; ours is rank 0's one line.
+    errs = [line for line in err.splitlines() if line.startswith("imgcls: error:")]
+    assert len(errs) == 1 and "already holds a run" in errs[0]  # rank 0's line, once
+    assert load_checkpoint(run / "last.safetensors").meta["epoch"] == 1  # untouched
+
+
+def test_sigterm_to_one_rank_stops_all_with_a_resumable_checkpoint(setup, tmp_path):
+    data, cfg = setup
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "imgcls", "train", str(data), "--out", str(run), "--config", str(cfg), "--preset", "tutorial",
+           "--epochs", "200", "--batch-size", "4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints" / "epoch_001.safetensors").exists():
+        time.sleep(0.05)
+    victim = _rank_pid(proc.pid, 1)
+    assert victim, "rank 1 not found"
+    os.kill(victim, signal.SIGTERM)
+    t0 = time.time()
+    out, err = _ranks_exit_within(proc, 30)
+    assert time.time() - t0 < 30
+    assert out.count("Resume with: imgcls train --resume") == 1, out[-2000:] + err[-2000:]
+    last = load_checkpoint(run / "last.safetensors")
+    assert last.resumable and last.meta["epoch"] >= 1

@@ -114,7 +114,7 @@ def test_odd_batch_channels_last_training_does_not_crash(tmp_path):
 
     raw = subprocess.run([sys.executable, "-c", ONEDNN_TRIGGER], capture_output=True, timeout=120)
     data = images.two_class_tree(tmp_path / "data", 8, 40)
-    res = subprocess.run([sys.executable, "-m", "imgcls", "train", str(data), "--out",
+    res = subprocess.run([sys.executable, "-m", "imgcls", "train", str(data), "--preset", "tutorial", "--out",
                           str(tmp_path / "run"), "--model", "xception-tiny", "--image-size", "32",
                           "--batch-size", "5", "--epochs", "1", "--threads", "2",
                           "--channels-last"], capture_output=True, text=True, timeout=300)

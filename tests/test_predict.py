@@ -137,7 +137,7 @@ def test_prediction_equals_the_models_output_during_training(trained):
 def test_tta_and_many_classes_top_k(tmp_path, capsys):
     data = images.two_class_tree(tmp_path / "d", 8, 40, classes=("a", "b", "c", "d"))
     run = tmp_path / "run"
-    assert main(["train", str(data), "--out", str(run), "--model", "xception-tiny",
+    assert main(["train", str(data), "--out", str(run), "--preset", "tutorial", "--model", "xception-tiny",
                  "--image-size", "32", "--batch-size", "8", "--epochs", "1"]) == 0
     capsys.readouterr()
     assert main(["predict", str(run), str(data / "a" / "a.0.jpg"), "--top-k", "2", "--tta"]) == 0

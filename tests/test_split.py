@@ -88,3 +88,37 @@ def test_split_command(keras_tree, capsys):
         "Using 9 files for validation."]
     assert main(["split", str(keras_tree), "--val-split", "1.5"]) == 2
     assert "between 0 and 1" in capsys.readouterr().err
+
+
+def test_identical_copies_stay_on_one_side_of_the_split(tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "d"
+    for cls in ("a", "b"):
+        for i in range(10):
+            images.jpeg(root / cls / f"{i}.jpg", seed=100 * len(cls) + i + (50 if cls == "b" else 0))
+    for i in range(4):  # four photos with two more copies each, in the same class
+        for k in (1, 2):
+            shutil.copyfile(root / "a" / f"{i}.jpg", root / "a" / f"{i}_copy{k}.jpg")
+    index = scan(root)
+    for method in ("stratified", "keras"):
+        for seed in range(6):
+            sp = split_index(index, 0.3, seed, method)
+            val = {s.digest for s in sp.val.samples}
+            assert not val & {s.digest for s in sp.train.samples}, (method, seed)
+    assert split_index(index, 0.3, 1).groups_kept_together == 4
+    assert main(["split", str(root)]) == 0
+    assert "Kept 4 groups of byte-identical files on one side" in capsys.readouterr().out
+
+
+def test_a_val_dir_photo_that_is_also_a_training_photo_is_left_out(tmp_path):
+    import shutil
+
+    for cls in ("a", "b"):
+        for i in range(3):
+            images.jpeg(tmp_path / "train" / cls / f"{i}.jpg", seed=10 * ord(cls) + i)
+            images.jpeg(tmp_path / "val" / cls / f"v{i}.jpg", seed=10 * ord(cls) + i + 5)
+    shutil.copyfile(tmp_path / "train" / "a" / "0.jpg", tmp_path / "val" / "a" / "leak.jpg")
+    sp = split_with_val_dir(scan(tmp_path / "train"), scan(tmp_path / "val"))
+    assert "a/leak.jpg" not in [s.path for s in sp.val.samples] and len(sp.val.samples) == 6
+    assert sp.notes and "a/leak.jpg" in sp.notes[0]

@@ -20,7 +20,7 @@ from imgcls.checkpoint import load_checkpoint
 from imgcls.cli import main
 
 TINY = ["--model", "xception-tiny", "--image-size", "32", "--batch-size", "8", "--lr", "3e-3",
-        "--threads", "2", "--seed", "3"]
+        "--threads", "2", "--seed", "3", "--preset", "tutorial"]
 
 
 @pytest.fixture(scope="module")
@@ -94,22 +94,24 @@ def test_killed_run_resumes_to_bit_identical_weights(data, tmp_path):
 
 
 def test_sigint_saves_a_resumable_checkpoint_mid_epoch(data, tmp_path):
+    slow = ["--epochs", "3", "--batch-size", "2", "--image-size", "64", "--threads", "1",
+            *TINY[:2], *TINY[6:8], *TINY[10:]]
     ref = tmp_path / "ref"
-    assert cli("train", data, "--out", ref, "--epochs", "3", "--batch-size", "2",
-               *TINY[:4], *TINY[6:]).returncode == 0
+    assert cli("train", data, "--out", ref, *slow).returncode == 0
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "imgcls", "train", str(data), "--out", str(run),
-                             "--epochs", "3", "--batch-size", "2", *TINY[:4], *TINY[6:]],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             *slow], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not (run / "checkpoints" / "epoch_001.safetensors").exists():
-        time.sleep(0.002)
+    # metrics.jsonl appears after epoch 1's stop decision: a signal from now on lands in
+    # epoch 2, which stops at its next step.
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.001)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Resume with: imgcls train --resume" in out
     last = load_checkpoint(run / "last.safetensors")
-    assert last.resumable
+    assert last.resumable and last.meta["epoch"] == 1 and last.meta["step"] > 0, last.meta
     res = cli("train", "--resume", run)
     assert res.returncode == 0, res.stderr
     assert same_weights(ref / "last.safetensors", run / "last.safetensors")
@@ -161,10 +163,13 @@ def test_keep_limits_epoch_checkpoints_and_patience_stops_early(data, tmp_path, 
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--image-size", "8"], "too small for xception"),
+    (["--image-size", "8", "--model", "xception"], "too small for xception"),
     (["--model", "resnet9000"], "unknown model"),
     (["--lr", "-1"], "learning rate must be positive"),
     (["--schedule", "linear"], None),  # argparse: its own usage error, exit 2
+    (["--threads", "-2"], "threads"),
+    (["--device", "tpu"], "not a device imgcls can use"),
+    (["--weight-decay", "inf"], "finite"),
 ])
 def test_bad_settings_are_one_line_errors(data, tmp_path, argv, message):
     res = cli("train", data, "--out", tmp_path / "r", *argv)
@@ -359,7 +364,9 @@ def test_class_weighted_micro_batches_equal_the_full_batch(tmp_path):
     init = create_model(ModelConfig("xception-tiny", 2, settings["model_options"])).state_dict()
     a = weights(tmp_path / "whole" / "last.safetensors")
     b = weights(tmp_path / "parts" / "last.safetensors")
-    assert images.close_after_training(a, b, init) == []
+    # Weighted sums over 3 passes round a little more than plain ones (1e-2 of each
+    # tensor's move); summing each pass's own weighted mean instead is off by ~30%.
+    assert images.close_after_training(a, b, init, rel=1e-2) == []
 
 
 def test_passes_never_leave_a_single_image():
@@ -379,3 +386,19 @@ def test_resuming_with_other_epochs_says_how_the_schedule_changes(data, tmp_path
     res = cli("train", "--resume", run, "--epochs", "3")
     assert res.returncode == 0, res.stderr
     assert "re-times the cosine learning-rate schedule" in res.stderr
+
+
+def test_preset_auto_picks_the_recipe_by_device(data, tmp_path):
+    from imgcls.config import PRESETS, resolve
+
+    assert resolve({"device": "cpu"}, "auto").preset == "cpu"
+    assert resolve({"device": "cpu"}, "auto").model == PRESETS["cpu"]["model"]
+    assert resolve({"device": "cuda"}, "auto").preset == "tutorial"
+    assert resolve({"device": "cuda"}, "auto").model == "xception"
+    assert resolve({}, "tutorial").model == "xception"  # the tutorial, as it always was
+    run = tmp_path / "run"
+    res = cli("train", data, "--out", run, "--epochs", "1", "--image-size", "32",
+              "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0].startswith("Recipe: the cpu preset (--device cpu")
+    assert json.loads((run / "config.json").read_text())["preset"] == "cpu"

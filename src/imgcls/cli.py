@@ -147,6 +147,7 @@ def _train_overrides(args) -> dict:
 
 def cmd_train(args) -> int:
     import json
+    import os
     import time
     from pathlib import Path
 
@@ -162,8 +163,6 @@ def cmd_train(args) -> int:
             raise UserError(f"{display(run)}: not a run folder (no readable config.json)") from None
         base = TrainConfig(**saved)
         if overrides.get("data_dir"):
-            import os
-
             given = os.path.realpath(os.path.expanduser(overrides["data_dir"]))
             if given != os.path.realpath(base.data_dir):
                 raise UserError(f"{display(run)} trains on {display(base.data_dir)}, not "
@@ -181,7 +180,13 @@ def cmd_train(args) -> int:
     else:
         if not args.data_dir:
             raise UserError("give a DATA_DIR to train on (or --resume RUN_DIR)")
-        cfg = resolve(overrides, args.preset, args.config)
+        preset = args.preset or "auto"
+        cfg = resolve(overrides, preset, args.config)
+        if preset == "auto" and os.environ.get("RANK", "0") == "0":
+            from imgcls.config import auto_preset
+
+            _, why = auto_preset(cfg.device)
+            print(f"Recipe: the {cfg.preset} preset ({why}; --preset tutorial or cpu to choose)")
         out = Path(args.out or f"runs/{Path(cfg.data_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}")
     from imgcls.train import fit
 
@@ -251,7 +256,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     h.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     h.add_argument("--sync-bn", dest="sync_bn", action=argparse.BooleanOptionalAction, default=None,
                    help="synchronise BatchNorm across DDP ranks")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe (default tutorial)")
+    p.add_argument("--preset", choices=["auto", *sorted(PRESETS)],
+                   help="a named recipe: tutorial (the Keras tutorial's), cpu (a CPU-sized "
+                        "network), or auto (default: cpu without a GPU, tutorial with one)")
     p.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file")
 
 

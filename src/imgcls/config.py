@@ -65,6 +65,7 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch; 0 = all available cores
     sync_bn: bool = False  # synchronise BatchNorm statistics across DDP ranks
     tta: bool = False  # recommend flip test-time augmentation to evaluate/predict (not per epoch)
+    preset: str = ""  # the recipe the run started from ("tutorial", "cpu"); informational
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,6 +116,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.keep >= 0 and cfg.patience >= 0, "keep and patience must be >= 0"),
         (cfg.time_limit >= 0, "time limit must be >= 0 minutes"),
     ]
+    import math
+
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UserError(f"{f.name.replace('_', '-')} must be a finite number, not {v}")
+    checks.append((cfg.threads >= 0, "threads must be 0 (all cores) or more"))
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
@@ -147,14 +155,37 @@ def check_keys(data: dict, where: str) -> dict:
     return data
 
 
+def auto_preset(device: str) -> tuple[str, str]:
+    """(preset, why) for `--preset auto`: the tutorial's recipe where a GPU will train it,
+    the CPU recipe elsewhere (the tutorial's network needs about a day on 2 CPU cores for
+    Cats vs Dogs; BENCHMARKS.md)."""
+    if device.startswith("cuda"):
+        return "tutorial", f"--device {device}"
+    if device == "cpu":
+        return "cpu", "--device cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "tutorial", f"a CUDA GPU is available ({torch.cuda.get_device_name(0)})"
+    return "cpu", "no GPU here, and the tutorial's network would take about a day on a CPU"
+
+
 def resolve(overrides: dict, preset: str | None = None, config_file: str | None = None,
             base: TrainConfig | None = None) -> TrainConfig:
-    """defaults (or base) < preset < file < overrides (None values are ignored)."""
+    """defaults (or base) < preset < file < overrides (None values are ignored).
+
+    preset "auto" picks "cpu" or "tutorial" by the device the run will use."""
     values = (base or TrainConfig()).to_dict()
+    if preset == "auto":
+        device = overrides.get("device") or values.get("device") or "auto"
+        if config_file:
+            device = overrides.get("device") or load_file(config_file).get("device") or device
+        preset, _ = auto_preset(device)
     if preset:
         if preset not in PRESETS:
-            raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+            raise UserError(f"unknown preset {preset!r}; choose one of auto, {', '.join(PRESETS)}")
         values.update(PRESETS[preset])
+        values["preset"] = preset
     if config_file:
         values.update(load_file(config_file))
     values.update({k: v for k, v in check_keys(overrides, "flags").items() if v is not None})
