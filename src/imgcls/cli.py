@@ -249,7 +249,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="stop after the last epoch that ends within MIN minutes")
     h = p.add_argument_group("hardware")
     h.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
-    h.add_argument("--amp", choices=CHOICES["amp"], help="mixed precision (default: bf16 on CUDA)")
+    h.add_argument("--amp", choices=CHOICES["amp"],
+                   help="mixed precision (default auto: bf16 on CUDA and on CPUs with native bf16)")
     h.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     h.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
                    default=None)
@@ -273,7 +274,7 @@ def cmd_predict(args) -> int:
     if not files:
         raise UserError("nothing to predict" + ("" if errors else ": give image files or folders"))
     keep_freed_memory()
-    predictor = Predictor.from_checkpoint(args.model, device=args.device)
+    predictor = Predictor.from_checkpoint(args.model, device=args.device, amp=args.amp)
     show = sys.stderr.isatty() and len(files) > args.batch_size
     tta = predictor.recommends_tta if args.tta is None else args.tta
     preds = predictor.predict(files, batch_size=args.batch_size, tta=tta, progress=show)
@@ -305,7 +306,7 @@ def cmd_evaluate(args) -> int:
     from imgcls.predict import Predictor
 
     keep_freed_memory()
-    predictor = Predictor.from_checkpoint(args.model, device=args.device)
+    predictor = Predictor.from_checkpoint(args.model, device=args.device, amp=args.amp)
     model_path = Path(args.model)
     run_dir = model_path if model_path.is_dir() else resolve_model_path(model_path).parent
     if args.data_dir:
@@ -469,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average with the horizontal mirror (default: as the model's recipe says)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    _add_amp(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class scores, confusion matrix, top losses")
@@ -483,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", metavar="DIR", help="where the PNG figures go (default: the run folder)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--cache-dir", metavar="DIR")
+    _add_amp(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX (checked against PyTorch)")
@@ -508,6 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="PNG file (default RUN/curves.png)")
     p.set_defaults(func=cmd_plot)
     return parser
+
+
+def _add_amp(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="precision: auto = bf16 on a GPU or a CPU with native bf16 (AVX-512 "
+                        "BF16, AMX), float32 elsewhere; off = float32 (default auto)")
 
 
 def _add_split_options(p: argparse.ArgumentParser) -> None:

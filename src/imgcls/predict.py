@@ -54,7 +54,7 @@ def softmax_probs(logits: np.ndarray) -> np.ndarray:
 
 
 class _TorchBackend:
-    def __init__(self, path: Path, device: str):
+    def __init__(self, path: Path, device: str, amp: str = "auto"):
         import torch
 
         from imgcls.checkpoint import CheckpointError, check_finite, load_checkpoint
@@ -75,11 +75,16 @@ class _TorchBackend:
             raise UserError(f"{display(path)}: {exc.args[0]} (made by a newer imgcls?)") from None
         model.load_state_dict(ckpt.weights)
         self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
+        from imgcls.runtime import autocast_for, precision_for
+
+        # bf16 where the hardware does it natively (2x on an AVX-512 BF16 CPU, BENCHMARKS.md).
+        self.precision = precision_for(self.device.type, amp)
+        self.autocast, _ = autocast_for(self.device, amp)
 
     def logits(self, batch: np.ndarray, tta: bool) -> np.ndarray:
         """(B, H, W, 3) uint8 -> (B, C) logits (log of the mean probability with TTA)."""
         torch = self.torch
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast():
             x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
             out = self.model(x).float()
             if tta:
@@ -114,8 +119,12 @@ class Predictor:
         return bool(self.meta.get("config", {}).get("tta", False))
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto") -> "Predictor":
-        """A .safetensors checkpoint, a run folder (its best checkpoint) or an .onnx file."""
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto",
+                        amp: str = "auto") -> "Predictor":
+        """A .safetensors checkpoint, a run folder (its best checkpoint) or an .onnx file.
+
+        amp: "auto" (bf16 on a GPU or a CPU that has it natively, else float32), "bf16",
+        "fp16" or "off" (float32). ONNX files always run as exported (float32)."""
         p = Path(path)
         if p.suffix.lower() == ".onnx":
             from imgcls.onnx_backend import OnnxBackend
@@ -126,7 +135,7 @@ class Predictor:
         from imgcls.checkpoint import resolve_model_path  # imports torch: not on the ONNX path
 
         p = resolve_model_path(p)
-        return cls(_TorchBackend(p, device), p)
+        return cls(_TorchBackend(p, _check_device(device), amp), p)
 
     def probabilities(self, batch: np.ndarray, tta: bool = False) -> np.ndarray:
         """(B, H, W, 3) uint8 prepared images -> (B, C) probabilities."""
@@ -179,6 +188,23 @@ class Predictor:
             return str(exc)
         except OSError as exc:
             return f"unreadable: {exc.strerror or exc}"
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: not a device imgcls can use; choose auto, cpu, "
+                        "cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is available to PyTorch")
+    return device
 
 
 def expand_inputs(items: Iterable[str]) -> tuple[list[str], list[str]]:

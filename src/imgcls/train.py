@@ -532,6 +532,18 @@ def _looks_like_lost_peer(exc: BaseException) -> bool:
                                    "timed out", "timeout", "peer", "gloo", "nccl", "socket"))
 
 
+def _precision_line(device: torch.device, amp: str) -> str:
+    from imgcls.runtime import precision_for
+
+    p = precision_for(device.type, amp)
+    if p == "fp32":
+        why = "--amp off" if amp == "off" else "this CPU has no native bf16"
+        return f"float32 ({why})"
+    why = {"auto": "this CPU computes bf16 natively" if device.type == "cpu" else "the GPU's",
+           "bf16": "--amp bf16", "fp16": "--amp fp16"}[amp]
+    return f"{p} mixed precision, weights in float32 ({why}; --amp off for float32)"
+
+
 def _setup_device(cfg: TrainConfig, device: torch.device, world: D.World) -> torch.device:
     if device.type == "cuda" and world.active:
         device = torch.device("cuda", world.local_rank)
@@ -573,6 +585,7 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
                                "imgcls": __version__, "batch": cfg.batch_size,
                                "cache": str(data.cache.folder)})
     state, train_loader, val_loader = build_state(cfg, data, device, world, resumed, run)
+    _log(world, f"Precision: {_precision_line(device, cfg.amp)}")
     if resumed is not None:
         _log(world, f"Resuming {display(run)} from {display(resumed_path.name)}: epoch "
              f"{state.epoch + 1}, step {state.step}/{state.steps}")
