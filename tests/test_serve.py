@@ -136,3 +136,31 @@ def test_real_browser_uploads_a_cat_and_sees_probabilities(run, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_only_the_documented_field_names_carry_photos(client):
+    photo = ("a.jpg", images.jpeg_bytes(40, 30), "image/jpeg")
+    r = client.post("/predict", files=[("photo", photo)])
+    assert r.status_code == 400 and "'photo'" in r.json()["error"] and "'file'" in r.json()["error"]
+    r = client.post("/predict", files=[("files", photo)])
+    assert r.status_code == 200
+
+
+def test_a_bad_port_is_one_line_before_any_serving(run):
+    from imgcls.preprocess import DEFAULT_MAX_PIXELS
+
+    assert ServeLimits().max_pixels == DEFAULT_MAX_PIXELS  # the same guard as predict/train
+    res = subprocess.run([sys.executable, "-m", "imgcls", "serve", str(run), "--port", "99999"],
+                         capture_output=True, text=True, timeout=120)
+    errs = images.error_lines(res.stderr)
+    assert res.returncode == 2 and len(errs) == 1 and "65535" in errs[0]
+    assert "serving" not in res.stdout
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = subprocess.run([sys.executable, "-m", "imgcls", "serve", str(run), "--port",
+                              str(port)], capture_output=True, text=True, timeout=120)
+    errs = images.error_lines(res.stderr)
+    assert res.returncode == 2 and len(errs) == 1 and str(port) in errs[0]
+    assert "serving" not in res.stdout

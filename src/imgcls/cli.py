@@ -41,9 +41,13 @@ def _scan_options(args):
 
 
 def cmd_scan(args) -> int:
-    from imgcls.scan import format_report, report_dict, scan
+    from imgcls.scan import EmptyClassError, format_report, report_dict, scan
 
-    index = scan(args.data_dir, _scan_options(args))
+    try:
+        index = scan(args.data_dir, _scan_options(args))
+    except EmptyClassError as exc:  # the report first (what was rejected, and why), then the error
+        print(json.dumps(report_dict(exc.index), indent=1) if args.json else format_report(exc.index))
+        raise
     if args.json:
         doc = report_dict(index)
     else:
@@ -121,9 +125,12 @@ def cmd_show(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from imgcls.models import ModelConfig, create_model
+    from imgcls.models import ModelConfig, create_model, list_models
     from imgcls.models.summary import summary
 
+    if args.list:
+        print("\n".join(sorted(list_models())))
+        return 0
     opts = {"single_logit": True} if args.single_logit else {}
     try:
         model = create_model(ModelConfig(args.model, args.num_classes, opts))
@@ -188,6 +195,7 @@ def cmd_train(args) -> int:
             _, why = auto_preset(cfg.device)
             print(f"Recipe: the {cfg.preset} preset ({why}; --preset tutorial or cpu to choose)")
         out = Path(args.out or f"runs/{Path(cfg.data_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        _check_run_folder(out, cfg)
     from imgcls.train import fit
 
     result = fit(cfg, out, resume=bool(args.resume))
@@ -198,6 +206,25 @@ def cmd_train(args) -> int:
         print(f"Best: epoch {result.best_epoch}, val_accuracy {b['val_accuracy']:.4f}. "
               f"Run folder: {display(result.run_dir)}")
     return 0
+
+
+def _check_run_folder(out, cfg) -> None:
+    """A run folder must be a folder, outside the data (the next scan would take it for a
+    class); the same for the cache folder."""
+    from pathlib import Path
+
+    from imgcls.fsutil import display, is_within
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {display(out)}: that is an existing file, not a folder")
+    for d in filter(None, (cfg.data_dir, cfg.val_dir)):
+        if is_within(out, Path(d)):
+            raise UserError(f"--out {display(out)} is inside the data folder {display(d)}, "
+                            "where the next scan would take it for a class; choose a folder "
+                            "outside it")
+        if cfg.cache_dir and is_within(Path(cfg.cache_dir), Path(d)):
+            raise UserError(f"--cache-dir {display(cfg.cache_dir)} is inside the data folder "
+                            f"{display(d)}; choose one outside it")
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -215,7 +242,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--cache-dir", dest="cache_dir", metavar="DIR")
     d.add_argument("--max-pixels", dest="max_pixels", type=int, metavar="N")
     m = p.add_argument_group("model and optimisation")
-    m.add_argument("--model", help="network name (imgcls summary --list; default xception)")
+    m.add_argument("--model", help="network name (`imgcls summary --list` lists them; default: "
+                                   "the preset's)")
     m.add_argument("--epochs", type=int, help="default 25")
     m.add_argument("--batch-size", dest="batch_size", type=int, metavar="N",
                    help="global batch size (default 128; per rank = global / world size)")
@@ -268,6 +296,8 @@ def cmd_predict(args) -> int:
 
     from imgcls.predict import Predictor, expand_inputs
 
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be 1 or more, not {args.top_k}")
     files, errors = expand_inputs(args.paths)
     for e in errors:
         print(f"imgcls: error: {e}", file=sys.stderr)
@@ -275,6 +305,7 @@ def cmd_predict(args) -> int:
         raise UserError("nothing to predict" + ("" if errors else ": give image files or folders"))
     keep_freed_memory()
     predictor = Predictor.from_checkpoint(args.model, device=args.device, amp=args.amp)
+    predictor.max_pixels = args.max_pixels
     show = sys.stderr.isatty() and len(files) > args.batch_size
     tta = predictor.recommends_tta if args.tta is None else args.tta
     preds = predictor.predict(files, batch_size=args.batch_size, tta=tta, progress=show)
@@ -291,8 +322,10 @@ def cmd_predict(args) -> int:
             w.writerow([p.path, p.class_name, *(f"{p.probabilities[c]:.6f}" for c in predictor.class_names)])
     else:
         for p in good:
-            line = p.sentence(args.top_k)
-            print(line if len(files) == 1 else f"{p.path}: {line}")
+            line = p.sentence(min(args.top_k, len(predictor.class_names)))
+            # The bare sentence only when one photo was asked about: with several (even if
+            # some failed), every answer names its file.
+            print(line if len(files) + len(errors) == 1 else f"{p.path}: {line}")
     return 1 if failed or errors else 0
 
 
@@ -312,7 +345,7 @@ def cmd_evaluate(args) -> int:
     if args.data_dir:
         from imgcls.scan import ScanOptions, scan
 
-        index = scan(args.data_dir, ScanOptions(cache_dir=args.cache_dir))
+        index = scan(args.data_dir, ScanOptions(cache_dir=args.cache_dir, min_classes=1))
         items, names = items_for(index, predictor.class_names)
         root = index.root
     else:
@@ -442,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show)
     p = sub.add_parser("summary", help="print a network's layers, output shapes and parameters")
     p.add_argument("--model", default="xception")
+    p.add_argument("--list", action="store_true", help="list the networks imgcls can train")
     p.add_argument("--image-size", type=int, default=180, metavar="PX")
     p.add_argument("--num-classes", type=int, default=2, metavar="C")
     p.add_argument("--single-logit", action="store_true",
@@ -457,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("predict", help="classify photos with a trained model",
-                       description="Two classes: 'This image is 94.30%% cat and 5.70%% dog.'; "
+                       description="Two classes: 'This image is 94.30% cat and 5.70% dog.'; "
                                    "more classes: the top-k. Exit status 1 if any file failed.")
     p.add_argument("model", metavar="RUN_OR_CHECKPOINT",
                    help="a run folder (its best checkpoint), a .safetensors or an .onnx file")
@@ -471,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     _add_amp(p)
+    _add_max_pixels(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class scores, confusion matrix, top losses")
@@ -502,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=8.0, metavar="MB")
     p.add_argument("--max-files", type=int, default=16, metavar="N")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, metavar="N")
+    _add_max_pixels(p)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_serve)
 
@@ -511,6 +546,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="PNG file (default RUN/curves.png)")
     p.set_defaults(func=cmd_plot)
     return parser
+
+
+def _add_max_pixels(p: argparse.ArgumentParser) -> None:
+    from imgcls.preprocess import DEFAULT_MAX_PIXELS
+
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="refuse photos with more pixels than this, undecoded (decompression "
+                        "bomb guard, the same default as scan and train: %(default)s)")
 
 
 def _add_amp(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from imgcls.errors import UserError
 from imgcls.fsutil import display
-from imgcls.preprocess import ImageError, PreprocessSpec, Source, load_image
+from imgcls.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessSpec, Source, load_image
 from imgcls.runtime import thread_map
 from imgcls.scan import IMAGE_EXTENSIONS, SYSTEM_FILES
 
@@ -112,6 +112,7 @@ class Predictor:
         self.class_names: list[str] = list(meta["class_names"])
         self.spec = PreprocessSpec.from_dict(meta["preprocess"])
         self.meta = meta
+        self.max_pixels = DEFAULT_MAX_PIXELS  # the decompression-bomb guard (--max-pixels)
 
     @property
     def recommends_tta(self) -> bool:
@@ -147,7 +148,7 @@ class Predictor:
         return probs
 
     def prepare(self, source: Source) -> np.ndarray:
-        return load_image(source, self.spec)
+        return load_image(source, self.spec, self.max_pixels)
 
     def predict(self, sources: Sequence[Source], batch_size: int = 32, tta: bool = False,
                 names: Sequence[str] | None = None, progress: bool | None = False) -> list[Prediction]:

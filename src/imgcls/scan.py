@@ -40,6 +40,14 @@ SCAN_CACHE_VERSION = 1
 DEFAULT_MIN_SIDE = 4  # px; narrower images are degenerate (lines, 1x1 tracking pixels)
 
 
+class EmptyClassError(UserError):
+    """A class folder without a usable image; carries the scan so it can still be reported."""
+
+    def __init__(self, index: "DatasetIndex", message: str):
+        super().__init__(message)
+        self.index = index
+
+
 @dataclass(frozen=True)
 class ScanOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS  # width*height above which a file is not decoded
@@ -48,6 +56,7 @@ class ScanOptions:
     cache_dir: str | None = None  # None = user cache dir (see default_cache_dir)
     use_cache: bool = True
     progress: bool | None = None  # None = only when stderr is a terminal
+    min_classes: int = 2  # a training folder needs two; evaluating on a subset needs one
 
 
 @dataclass(frozen=True)
@@ -231,7 +240,7 @@ def _list_files(root: Path) -> tuple[list[str], list[_Candidate], list[FileNote]
                     try:
                         st = e.stat()  # follows a file link
                     except OSError as exc:
-                        note = FileNote(rel, f"unreadable: {_os_reason(exc)}")
+                        note = FileNote(rel, f"unreadable: {_os_reason(exc, e.path)}")
                         (rejected if image_name else ignored).append(note)
                         continue
                     if not stat.S_ISREG(st.st_mode):
@@ -306,13 +315,16 @@ def _entry_is_dir(e: os.DirEntry) -> bool:
         return False
 
 
-def _os_reason(exc: OSError) -> str:
+def _os_reason(exc: OSError, path: str | None = None) -> str:
     import errno
 
     if exc.errno == errno.ELOOP:
         return "symlink loop"
     if exc.errno == errno.ENOENT:
-        return "broken symlink"
+        # A link whose target is gone, or a file deleted between the listing and now.
+        if path is None or os.path.islink(path):
+            return "broken symlink"
+        return "vanished during the scan"
     return exc.strerror or str(exc)
 
 
@@ -341,7 +353,7 @@ def check_file(path: str, image_name: bool, max_pixels: int, min_side: int) -> C
             f.seek(0)
             data = f.read()
     except OSError as exc:
-        return (bad, f"unreadable: {_os_reason(exc)}", "", 0, 0)
+        return (bad, f"unreadable: {_os_reason(exc, path)}", "", 0, 0)
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
         with warnings.catch_warnings():
@@ -445,7 +457,7 @@ def scan(data_dir: str | os.PathLike, opts: ScanOptions | None = None) -> Datase
         raise UserError(f"{display(root)}: no class folders found (expected one sub-folder "
                         "per class, e.g. {root}/cat/*.jpg and {root}/dog/*.jpg)".replace(
                             "{root}", display(root)))
-    if len(class_names) < 2:
+    if len(class_names) < opts.min_classes:
         raise UserError(f"{display(root)}: only one class folder ({display(class_names[0])}); "
                         "a classifier needs at least two")
 
@@ -505,7 +517,7 @@ def scan(data_dir: str | os.PathLike, opts: ScanOptions | None = None) -> Datase
     if empty:
         name = empty[0]
         bad = sum(1 for n in rejected if n.path.startswith(name + "/"))
-        raise UserError(f"class folder {display(root / name)} has no usable image"
+        raise EmptyClassError(index, f"class folder {display(root / name)} has no usable image"
                         + (f" ({bad} rejected; see `imgcls scan {display(root)}`)" if bad else ""))
     return index
 

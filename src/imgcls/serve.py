@@ -24,17 +24,20 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgcls import __version__
+from imgcls.errors import UserError
 from imgcls.predict import Predictor
-from imgcls.preprocess import ImageError, load_image
+from imgcls.preprocess import DEFAULT_MAX_PIXELS, ImageError, load_image
 
 PAGE = Path(__file__).with_name("page.html")
+FIELDS = ("file", "files")  # multipart field names that carry photos
 
 
 @dataclass(frozen=True)
 class ServeLimits:
     max_upload_bytes: int = 8 * 1024 * 1024  # per file
     max_files: int = 16  # per request
-    max_pixels: int = 40_000_000  # width x height of one upload (decompression-bomb guard)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # width x height of one upload: the same guard as
+    #                                       scan, train and predict (decompression bombs)
     concurrency: int = 2  # inferences at once; the rest wait in line
 
 
@@ -125,7 +128,12 @@ def create_app(model: str | os.PathLike, limits: ServeLimits = ServeLimits(),
                 raise ApiError(400, f"too many files: at most {limits.max_files} per request")
             raise ApiError(400, f"bad upload: {msg or 'malformed multipart body'}")
         try:
-            files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            uploads = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+            other = sorted({k for k, _ in uploads if k not in FIELDS})
+            if other:  # the README documents 'file' (and 'files'): say so rather than guess
+                raise ApiError(400, f"upload field {other[0]!r} is not one of "
+                                    f"{', '.join(repr(f) for f in FIELDS)}")
+            files = [v for _, v in uploads]
             if not files:
                 raise ApiError(400, "no file in the upload (use the field name 'file')")
             if len(files) > limits.max_files:
@@ -155,10 +163,31 @@ def create_app(model: str | os.PathLike, limits: ServeLimits = ServeLimits(),
     return app
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that cannot be served, before saying that it is served."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port}: a port is a number from 1 to 65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host}: cannot resolve it ({exc.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise UserError(f"cannot serve on {host}:{port}: {exc.strerror} (another server "
+                            "there? choose another --port)") from None
+
+
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits = ServeLimits(),
           device: str = "auto") -> None:
     import uvicorn
 
+    check_port(host, port)
     app = create_app(model, limits, device)
     print(f"imgcls: serving {json.dumps(app.state.predictor.class_names)} on http://{host}:{port}/ "
           "(Ctrl-C to stop)", flush=True)
