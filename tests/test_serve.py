@@ -99,13 +99,25 @@ def _free_port() -> int:
     return port
 
 
+FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
+
+
+def _box_overlap(a: dict, b: dict) -> bool:
+    return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"] or
+                a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
+
+
 def test_real_browser_uploads_a_cat_and_sees_probabilities(run, tmp_path):
+    """The page at a phone width and a desktop width: the sentence and the bars are visible
+    and clear of the drop zone; an error leaves no broken image; no request 404s."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         pytest.skip("Debian's chromium is not installed (make test installs it as root)")
     sync_api = pytest.importorskip("playwright.sync_api")
     cats = sorted((SHARED / "val" / "cats").glob("*.jpg")) if SHARED.is_dir() else []
     photo = cats[0] if cats else images.jpeg(tmp_path / "cat.jpg", 200, 150, seed=4)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a photo")
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "imgcls", "serve", str(run), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -121,18 +133,36 @@ def test_real_browser_uploads_a_cat_and_sees_probabilities(run, tmp_path):
             browser = pw.chromium.launch(executable_path=chromium, args=[
                 "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_function("document.getElementById('classes').textContent.includes('cat')")
-            page.set_input_files("#file", str(photo))
-            page.wait_for_function("document.getElementById('sentence').textContent.startsWith('This image is')",
-                                   timeout=30000)
-            text = page.inner_text("body")
-            shot = tmp_path / "page.png"
-            page.screenshot(path=str(shot), full_page=True)
+            for name, width, height in (("phone", 390, 844), ("desktop", 1280, 800)):
+                page = browser.new_page(viewport={"width": width, "height": height})
+                failed = []
+                page.on("response", lambda r: failed.append(r.url)
+                        if r.status >= 400 and r.request.method == "GET" else None)
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_function("document.getElementById('classes').textContent.includes('cat')")
+                page.set_input_files("#file", str(broken))
+                page.wait_for_function("document.getElementById('error').textContent.length > 0")
+                assert not page.is_visible("#preview")  # no broken-image placeholder
+                page.set_input_files("#file", str(photo))
+                page.wait_for_function(
+                    "document.getElementById('sentence').textContent.startsWith('This image is')",
+                    timeout=30000)
+                text = page.inner_text("body")
+                assert "This image is" in text and "% cat and" in text and "% dog." in text
+                drop = page.locator("#drop").bounding_box()
+                for sel in ("#classes", "#sentence", "#rows"):
+                    assert page.is_visible(sel), (name, sel)
+                    box = page.locator(sel).bounding_box()
+                    assert box["height"] > 0 and not _box_overlap(box, drop), (name, sel, box, drop)
+                    assert box["x"] >= 0 and box["x"] + box["width"] <= width + 1, (name, sel, box)
+                fill = page.locator(".top .fill").bounding_box()
+                assert fill["width"] > 0 and not _box_overlap(fill, drop)
+                shot = FIGURES / f"serve_{name}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                assert shot.stat().st_size > 10_000
+                assert not failed, failed  # favicon included
+                page.close()
             browser.close()
-        assert "This image is" in text and "% cat and" in text and "% dog." in text
-        assert shot.stat().st_size > 10_000
     finally:
         proc.terminate()
         proc.wait(timeout=10)

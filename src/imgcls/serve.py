@@ -54,7 +54,9 @@ def create_app(model: str | os.PathLike, limits: ServeLimits = ServeLimits(),
     limiter = anyio.CapacityLimiter(limits.concurrency)
     page = PAGE.read_text(encoding="utf-8")
     body_limit = limits.max_files * (limits.max_upload_bytes + 64 * 1024)
-    app = FastAPI(title="imgcls", version=__version__, docs_url="/docs", redoc_url=None)
+    # No /docs: Swagger UI loads its scripts from a public CDN, a blank page offline. The
+    # schema stays at /openapi.json for any OpenAPI viewer.
+    app = FastAPI(title="imgcls", version=__version__, docs_url=None, redoc_url=None)
     info = {"classes": predictor.class_names, "model": predictor.meta["model"]["name"],
             "input_size": [predictor.spec.height, predictor.spec.width],
             "preprocess": predictor.spec.to_dict(), "tta": predictor.recommends_tta,
