@@ -241,6 +241,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--resize", choices=CHOICES["resize"], help="default stretch (as Keras)")
     d.add_argument("--cache-dir", dest="cache_dir", metavar="DIR")
     d.add_argument("--max-pixels", dest="max_pixels", type=int, metavar="N")
+    d.add_argument("--max-per-class", dest="max_per_class", type=int, metavar="N",
+                   help="train on a seeded sample of at most N photos per class (a quick "
+                        "look at a big folder; default 0 = all)")
     m = p.add_argument_group("model and optimisation")
     m.add_argument("--model", help="network name (`imgcls summary --list` lists them; default: "
                                    "the preset's)")

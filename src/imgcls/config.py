@@ -26,6 +26,7 @@ class TrainConfig:
     resize: str = "stretch"  # "stretch" (Keras), "crop" or "pad"
     cache_dir: str | None = None  # None = the user cache folder
     max_pixels: int = 89_478_485  # decompression-bomb guard, pixels
+    max_per_class: int = 0  # photos per class, a seeded sample of the folder; 0 = all
     # model
     model: str = "xception"
     model_options: dict = field(default_factory=dict)  # builder kwargs (widths, dropout)
@@ -114,6 +115,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.rotation >= 0 and cfg.zoom >= 0 and cfg.translate >= 0,
          "augmentation strengths must be >= 0"),
         (cfg.keep >= 0 and cfg.patience >= 0, "keep and patience must be >= 0"),
+        (cfg.max_per_class >= 0, "max-per-class must be >= 0 (0 = every photo)"),
         (cfg.time_limit >= 0, "time limit must be >= 0 minutes"),
     ]
     import math

@@ -159,6 +159,9 @@ def prepare_data(cfg: TrainConfig, world: D.World, run: Path | None = None,
         if (turn == "main") == world.main:
             index = scan(cfg.data_dir, opts)
             val_index = scan(cfg.val_dir, opts) if cfg.val_dir else None
+            if cfg.max_per_class:
+                index = sample_per_class(index, cfg.max_per_class, cfg.seed)
+                val_index = val_index and sample_per_class(val_index, cfg.max_per_class, cfg.seed)
             if record is not None:
                 sp, warnings = restore_split(record, index, val_index)
             else:
@@ -178,6 +181,20 @@ def prepare_data(cfg: TrainConfig, world: D.World, run: Path | None = None,
                             warnings, record is not None)
         D.barrier(world)
     return out
+
+
+def sample_per_class(index: DatasetIndex, n: int, seed: int) -> DatasetIndex:
+    """At most n photos of each class, drawn with the seed (the same sample every time)."""
+    rng = np.random.default_rng([seed, 7])
+    labels = np.asarray(index.labels)
+    keep: list[int] = []
+    for c in range(len(index.class_names)):
+        pos = np.flatnonzero(labels == c)
+        keep += sorted(rng.permutation(pos)[:n].tolist()) if len(pos) > n else pos.tolist()
+    sub = index.subset(sorted(keep))
+    sub.rejected, sub.ignored = index.rejected, index.ignored
+    sub.duplicates, sub.label_conflicts = index.duplicates, index.label_conflicts
+    return sub
 
 
 def _data_summary(data: TrainData) -> dict:
@@ -579,6 +596,9 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
     n_classes = len(index.class_names)
     _log(world, f"Found {len(index.samples) + (len(data.split.val.samples) if cfg.val_dir else 0)}"
          f" files belonging to {n_classes} classes.\n" + "\n".join(data.split.summary_lines()))
+    if cfg.max_per_class:
+        _log(world, f"(a seeded sample of at most {cfg.max_per_class} photos per class: "
+             "--max-per-class)")
     for line in filter(None, [_scan_line(index)] + [f"imgcls: warning: {w}" for w in data.warnings]):
         _log(world, line, file=sys.stderr)
     D.check_consistent(world, {"fingerprint": index.fingerprint, "torch": torch.__version__,
