@@ -31,13 +31,15 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
                    help="where scan results and image caches live (default: $IMGCLS_CACHE_DIR "
                         "or the user cache folder); never inside the data folder")
     g.add_argument("--no-cache", action="store_true", help="re-check every file")
+    _add_labels(g)
 
 
 def _scan_options(args):
     from imgcls.scan import ScanOptions
 
     return ScanOptions(max_pixels=args.max_pixels, min_side=args.min_side, workers=args.workers,
-                       cache_dir=args.cache_dir, use_cache=not args.no_cache)
+                       cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                       labels=args.labels or "folders")
 
 
 def cmd_scan(args) -> int:
@@ -241,6 +243,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--resize", choices=CHOICES["resize"], help="default stretch (as Keras)")
     d.add_argument("--cache-dir", dest="cache_dir", metavar="DIR")
     d.add_argument("--max-pixels", dest="max_pixels", type=int, metavar="N")
+    _add_labels(d)
     d.add_argument("--max-per-class", dest="max_per_class", type=int, metavar="N",
                    help="train on a seeded sample of at most N photos per class (a quick "
                         "look at a big folder; default 0 = all)")
@@ -348,7 +351,8 @@ def cmd_evaluate(args) -> int:
     if args.data_dir:
         from imgcls.scan import ScanOptions, scan
 
-        index = scan(args.data_dir, ScanOptions(cache_dir=args.cache_dir, min_classes=1))
+        index = scan(args.data_dir, ScanOptions(cache_dir=args.cache_dir, min_classes=1,
+                                                labels=args.labels or "folders"))
         items, names = items_for(index, predictor.class_names)
         root = index.root
     else:
@@ -523,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", metavar="DIR", help="where the PNG figures go (default: the run folder)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--cache-dir", metavar="DIR")
+    _add_labels(p)
     _add_amp(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -549,6 +554,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="PNG file (default RUN/curves.png)")
     p.set_defaults(func=cmd_plot)
     return parser
+
+
+def _add_labels(p) -> None:
+    p.add_argument("--labels", metavar="SOURCE",
+                   help="where labels come from: folders (default: one sub-folder per class), "
+                        "name:REGEX (the first group of REGEX in each file name, e.g. "
+                        "'name:^(cat|dog)\\.' for Kaggle's cat.0.jpg), or "
+                        "csv:FILE[:PATHCOL,LABELCOL] (rows of path,label; paths relative to "
+                        "DATA_DIR; columns auto-detected)")
 
 
 def _add_max_pixels(p: argparse.ArgumentParser) -> None:

@@ -20,6 +20,7 @@ class TrainConfig:
     # data
     data_dir: str = ""
     val_dir: str | None = None  # a separate class-per-folder tree for validation
+    labels: str = "folders"  # "folders", "name:REGEX" or "csv:FILE[:PATHCOL,LABELCOL]"
     val_split: float = 0.2  # fraction of data_dir for validation (ignored with val_dir)
     split: str = "stratified"  # "stratified" or "keras"
     image_size: int = 180  # px, square
@@ -195,4 +196,8 @@ def resolve(overrides: dict, preset: str | None = None, config_file: str | None 
         values["data_dir"] = os.path.abspath(os.path.expanduser(values["data_dir"]))
     if values.get("val_dir"):
         values["val_dir"] = os.path.abspath(os.path.expanduser(values["val_dir"]))
+    if str(values.get("labels", "")).startswith("csv:"):  # the run must find its CSV again
+        from imgcls.labels import parse
+
+        values["labels"] = parse(values["labels"]).text
     return validate(TrainConfig(**values))

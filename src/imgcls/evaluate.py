@@ -130,10 +130,13 @@ def run_validation_items(run_dir: Path, class_names: list[str]) -> tuple[list[tu
         cfg = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         raise UserError(f"{display(run_dir)}: no config.json; give a DATA_DIR to evaluate on") from None
-    opts = ScanOptions(max_pixels=cfg["max_pixels"], cache_dir=cfg.get("cache_dir"))
+    labels = cfg.get("labels", "folders")
+    opts = ScanOptions(max_pixels=cfg["max_pixels"], cache_dir=cfg.get("cache_dir"), labels=labels)
     record = read_record(run_dir)
     index = scan(cfg["data_dir"], opts)
-    val_index = scan(cfg["val_dir"], opts) if cfg.get("val_dir") else None
+    val_opts = opts if labels.startswith("name:") else \
+        ScanOptions(max_pixels=cfg["max_pixels"], cache_dir=cfg.get("cache_dir"))
+    val_index = scan(cfg["val_dir"], val_opts) if cfg.get("val_dir") else None
     if record is not None:
         sp, warnings = restore_split(record, index, val_index)
         for w in warnings:

@@ -57,6 +57,7 @@ class ScanOptions:
     use_cache: bool = True
     progress: bool | None = None  # None = only when stderr is a terminal
     min_classes: int = 2  # a training folder needs two; evaluating on a subset needs one
+    labels: str = "folders"  # "folders", "name:REGEX" or "csv:FILE[:PATHCOL,LABELCOL]" (labels.py)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class DatasetIndex:
     label_conflicts: list[list[str]] = field(default_factory=list)  # groups across classes
     fingerprint: str = ""  # of the accepted files: paths, labels, sizes, mtimes, contents
     stats: dict = field(default_factory=dict)  # this scan only: decoded, from_cache, seconds
+    label_source: str = "folders"  # where the labels came from (ScanOptions.labels)
+    label_problems: dict = field(default_factory=dict)  # kind -> every example (labels.py)
 
     def abspath(self, sample: Sample) -> str:
         return os.path.join(self.root, sample.path)
@@ -117,6 +120,8 @@ class DatasetIndex:
             "label_conflicts": self.label_conflicts,
             "fingerprint": self.fingerprint,
             "stats": self.stats,
+            "label_source": self.label_source,
+            "label_problems": self.label_problems,
             "samples": [asdict(s) for s in self.samples],
         }
 
@@ -131,6 +136,8 @@ class DatasetIndex:
             duplicates=d.get("duplicates", []),
             label_conflicts=d.get("label_conflicts", []),
             fingerprint=d.get("fingerprint", ""),
+            label_source=d.get("label_source", "folders"),
+            label_problems=d.get("label_problems", {}),
         )
 
 
@@ -308,6 +315,26 @@ def _drop_linked_classes(root: Path, class_names: list[str]) -> tuple[list[str],
     return keep, notes
 
 
+def _skipped_name(name: str) -> str | None:
+    if _is_hidden(name):
+        return "hidden"
+    if name.lower() in SYSTEM_FILES or name.lower() in SYSTEM_DIRS:
+        return "system file"
+    return None
+
+
+def _list_labelled(root: Path, spec) -> tuple:
+    """Like _list_files, with labels from file names or a CSV (labels.py)."""
+    from imgcls import labels as L
+
+    got = (L.from_names if spec.kind == "name" else L.from_csv)(root, spec, _skipped_name)
+    cands = [_Candidate(rel, label, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                        os.path.splitext(rel.lower())[1] in IMAGE_EXTENSIONS)
+             for rel, label, st in got.files]
+    return (got.class_names, cands, [FileNote(p, r) for p, r in got.rejected],
+            [FileNote(p, r) for p, r in got.ignored], got.problems)
+
+
 def _entry_is_dir(e: os.DirEntry) -> bool:
     try:
         return e.is_dir(follow_symlinks=True)
@@ -449,10 +476,22 @@ def scan(data_dir: str | os.PathLike, opts: ScanOptions | None = None) -> Datase
     if not root.is_dir():
         raise UserError(f"{display(root)}: not a folder (expected one sub-folder per class)")
     root = root.resolve()
+    from imgcls import labels as L
+
+    spec = L.parse(opts.labels)
+    problems: dict = {}
     try:
-        class_names, cands, rejected, ignored = _list_files(root)
+        if spec.kind == "folders":
+            class_names, cands, rejected, ignored = _list_files(root)
+        else:
+            class_names, cands, rejected, ignored, problems = _list_labelled(root, spec)
     except PermissionError as exc:
         raise UserError(f"{display(root)}: cannot read the folder ({exc.strerror})") from None
+    if spec.kind != "folders" and len(class_names) < opts.min_classes:
+        raise UserError(f"{display(root)}: --labels {spec.text} found "
+                        f"{len(class_names)} class(es) ({', '.join(map(display, class_names)) or 'none'}); "
+                        f"a classifier needs at least {opts.min_classes}"
+                        + (f" ({L.describe(problems)[0]})" if problems else ""))
     if not class_names:
         raise UserError(f"{display(root)}: no class folders found (expected one sub-folder "
                         "per class, e.g. {root}/cat/*.jpg and {root}/dog/*.jpg)".replace(
@@ -512,12 +551,13 @@ def scan(data_dir: str | os.PathLike, opts: ScanOptions | None = None) -> Datase
                          sorted(duplicates), sorted(conflicts),
                          compute_fingerprint(class_names, samples),
                          {"decoded": len(todo), "from_cache": len(cands) - len(todo),
-                          "seconds": round(time.perf_counter() - t0, 3)})
+                          "seconds": round(time.perf_counter() - t0, 3)}, spec.text, problems)
     empty = [name for name, n in index.per_class().items() if n == 0]
     if empty:
         name = empty[0]
         bad = sum(1 for n in rejected if n.path.startswith(name + "/"))
-        raise EmptyClassError(index, f"class folder {display(root / name)} has no usable image"
+        where = f"class folder {display(root / name)}" if spec.kind == "folders" else f"class {display(name)}"
+        raise EmptyClassError(index, f"{where} has no usable image"
                         + (f" ({bad} rejected; see `imgcls scan {display(root)}`)" if bad else ""))
     return index
 
@@ -525,6 +565,12 @@ def scan(data_dir: str | os.PathLike, opts: ScanOptions | None = None) -> Datase
 def format_report(index: DatasetIndex, limit: int = 20) -> str:
     """The human summary: Keras's first line, then counts, rejects with reasons, duplicates."""
     lines = [f"Found {len(index.samples)} files belonging to {len(index.class_names)} classes."]
+    if index.label_source != "folders":
+        from imgcls.labels import describe
+
+        lines.append(f"Labels from {display(index.label_source)}"
+                     + (":" if index.label_problems else "."))
+        lines += [f"  {line}" for line in describe(index.label_problems)]
     width = max(len(display(c)) for c in index.class_names)
     for name, n in index.per_class().items():
         lines.append(f"  {display(name):<{width}}  {n}")

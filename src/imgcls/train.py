@@ -151,14 +151,18 @@ def prepare_data(cfg: TrainConfig, world: D.World, run: Path | None = None,
     validated on, minus those that vanished or changed; files added since are not used.
     """
     opts = ScanOptions(max_pixels=cfg.max_pixels, cache_dir=cfg.cache_dir,
-                       progress=None if world.main else False)
+                       progress=None if world.main else False, labels=cfg.labels)
+    # A validation folder has class folders, or the same file-name rule; a CSV is the data's.
+    val_opts = opts if cfg.labels.startswith("name:") else \
+        ScanOptions(max_pixels=cfg.max_pixels, cache_dir=cfg.cache_dir,
+                    progress=None if world.main else False)
     spec = PreprocessSpec(cfg.image_size, cfg.image_size, resize=cfg.resize)
     record = read_record(run) if resume and run is not None else None
     out = None
     for turn in ("main", "others"):
         if (turn == "main") == world.main:
             index = scan(cfg.data_dir, opts)
-            val_index = scan(cfg.val_dir, opts) if cfg.val_dir else None
+            val_index = scan(cfg.val_dir, val_opts) if cfg.val_dir else None
             if cfg.max_per_class:
                 index = sample_per_class(index, cfg.max_per_class, cfg.seed)
                 val_index = val_index and sample_per_class(val_index, cfg.max_per_class, cfg.seed)

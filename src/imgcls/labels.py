@@ -1,0 +1,229 @@
+"""Where labels come from when they are not folder names: file names, or a CSV file.
+
+Owns the `--labels` setting:
+    folders          (default) one sub-folder per class: scan.py's own layout
+    name:REGEX       the class is the first group of REGEX searched in the file name
+                     (Kaggle's flat `cat.0.jpg ... dog.12499.jpg`: `name:^(cat|dog)\\.`)
+    csv:FILE[:P,L]   rows of (path, label), paths relative to the data folder; the header's
+                     columns P and L, else auto-detected (path/file/filename/image/id and
+                     label/class/category/target), else the first two columns
+For the last two, every file below the data folder is a candidate (hidden and system files
+aside, links followed once); what cannot be labelled is reported, never guessed:
+files whose name does not match, CSV rows naming missing files, files listed twice with
+different labels, empty labels, and files present but not listed. Decoding and every other
+check stay scan.py's.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgcls.errors import UserError
+from imgcls.fsutil import display
+
+PATH_COLUMNS = ("path", "file", "filename", "file_name", "fname", "image", "image_id",
+                "img", "id", "name")
+LABEL_COLUMNS = ("label", "class", "category", "target", "breed", "species", "y")
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    kind: str  # "folders", "name" or "csv"
+    pattern: str = ""  # name: the regular expression
+    csv_file: str = ""  # csv: the file
+    columns: tuple[str, str] | None = None  # csv: (path column, label column) by header name
+
+    @property
+    def text(self) -> str:
+        if self.kind == "name":
+            return f"name:{self.pattern}"
+        if self.kind == "csv":
+            return f"csv:{self.csv_file}" + (f":{','.join(self.columns)}" if self.columns else "")
+        return "folders"
+
+
+def parse(spec: str | None) -> LabelSpec:
+    """`folders`, `name:REGEX` or `csv:FILE[:PATHCOL,LABELCOL]` -> LabelSpec (UserError if bad)."""
+    if not spec or spec == "folders":
+        return LabelSpec("folders")
+    kind, _, rest = spec.partition(":")
+    if kind == "name" and rest:
+        try:
+            re.compile(rest)
+        except re.error as exc:
+            raise UserError(f"--labels {spec}: not a regular expression ({exc})") from None
+        return LabelSpec("name", pattern=rest)
+    if kind == "csv" and rest:
+        path, columns = rest, None
+        head, _, tail = rest.rpartition(":")
+        if head and "," in tail and not os.path.exists(rest):
+            p, l = (c.strip() for c in tail.split(",", 1))
+            path, columns = head, (p, l)
+        return LabelSpec("csv", csv_file=os.path.abspath(os.path.expanduser(path)), columns=columns)
+    raise UserError(f"--labels {spec}: use folders, name:REGEX or csv:FILE[:PATHCOL,LABELCOL]")
+
+
+@dataclass
+class Labelled:
+    """What a label source found: classes, (relative path, label) pairs, and problems."""
+    class_names: list[str]
+    files: list[tuple[str, int, os.stat_result]]
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+    problems: dict[str, list[str]] = field(default_factory=dict)  # kind -> examples (all)
+
+
+def _walk(root: Path, is_skipped) -> tuple[list[tuple[str, os.stat_result]], list[tuple[str, str]]]:
+    """Every regular file below root (links followed once), and (path, reason) skipped."""
+    out, skipped = [], []
+    visited = set()
+    stack = [(root, "")]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in visited:
+                skipped.append((rel, "folder link to a folder already scanned (a loop or a second link)"))
+                continue
+            visited.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append((rel or ".", f"unreadable folder: {exc.strerror}"))
+            continue
+        subdirs = []
+        for e in entries:
+            r = f"{rel}/{e.name}" if rel else e.name
+            why = is_skipped(e.name)
+            if why:
+                skipped.append((r, why))
+                continue
+            try:
+                if e.is_dir(follow_symlinks=True):
+                    subdirs.append((Path(e.path), r))
+                    continue
+                st = e.stat()
+            except OSError as exc:
+                skipped.append((r, f"unreadable: {exc.strerror}"))
+                continue
+            if stat.S_ISREG(st.st_mode):
+                out.append((r, st))
+            else:
+                skipped.append((r, "not a regular file"))
+        stack.extend(reversed(subdirs))
+    return out, skipped
+
+
+def from_names(root: Path, spec: LabelSpec, is_skipped) -> Labelled:
+    rx = re.compile(spec.pattern)
+    found, skipped = _walk(root, is_skipped)
+    named, ignored = [], list(skipped)
+    for rel, st in found:
+        m = rx.search(os.path.basename(rel))
+        label = (m.group(1) if m and m.groups() else m.group(0) if m else None)
+        if not label:
+            ignored.append((rel, f"no label in the file name (--labels name:{spec.pattern})"))
+            continue
+        named.append((rel, label, st))
+    classes = sorted({lab for _, lab, _ in named})
+    index = {c: i for i, c in enumerate(classes)}
+    from imgcls.scan import IMAGE_EXTENSIONS
+
+    unmatched = [r for r, why in ignored if why.startswith("no label")
+                 and os.path.splitext(r)[1].lower() in IMAGE_EXTENSIONS]
+    return Labelled(classes, [(r, index[lab], st) for r, lab, st in named], [], ignored,
+                    {"file names without a label": unmatched} if unmatched else {})
+
+
+def _columns(header: list[str], spec: LabelSpec) -> tuple[int, int, bool]:
+    """(path column, label column, whether row 0 is a header)."""
+    low = [h.strip().lower() for h in header]
+    if spec.columns:
+        p, l = spec.columns[0].lower(), spec.columns[1].lower()
+        if p not in low or l not in low:
+            raise UserError(f"{display(spec.csv_file)}: no column {spec.columns[0]!r} and "
+                            f"{spec.columns[1]!r} in its header {header}")
+        return low.index(p), low.index(l), True
+    p = next((low.index(c) for c in PATH_COLUMNS if c in low), None)
+    l = next((low.index(c) for c in LABEL_COLUMNS if c in low), None)
+    if p is not None and l is not None and p != l:
+        return p, l, True
+    return 0, 1, False
+
+
+def from_csv(root: Path, spec: LabelSpec, is_skipped) -> Labelled:
+    try:
+        with open(spec.csv_file, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+    except OSError as exc:
+        raise UserError(f"--labels csv:{display(spec.csv_file)}: cannot read it ({exc.strerror})") from None
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    rows = [r for r in csv.reader(text.splitlines(), dialect) if any(c.strip() for c in r)]
+    if not rows:
+        raise UserError(f"{display(spec.csv_file)}: no rows")
+    pcol, lcol, header = _columns(rows[0], spec)
+    if header:
+        rows = rows[1:]
+    found, skipped = _walk(root, is_skipped)
+    csv_real = os.path.realpath(spec.csv_file)
+    by_path = {rel: st for rel, st in found if os.path.realpath(root / rel) != csv_real}
+    by_stem: dict[str, list[str]] = {}
+    for rel in by_path:  # Kaggle's ids often leave out the extension
+        by_stem.setdefault(os.path.splitext(rel)[0], []).append(rel)
+    wanted: dict[str, str] = {}
+    problems: dict[str, list[str]] = {"rows naming missing files": [], "empty labels": [],
+                                      "files listed twice with different labels": [],
+                                      "files present but not listed": []}
+    conflicted = set()
+    for n, row in enumerate(rows, 2 if header else 1):
+        if max(pcol, lcol) >= len(row):
+            problems["empty labels"].append(f"line {n}")
+            continue
+        path = row[pcol].strip().replace("\\", "/").lstrip("./") if row[pcol].strip() else ""
+        label = row[lcol].strip()
+        rel = path if path in by_path else (by_stem.get(path) or [None])[0] \
+            if len(by_stem.get(path, [])) == 1 else None
+        if not label:
+            problems["empty labels"].append(f"line {n}" + (f" ({path})" if path else ""))
+            continue
+        if rel is None:
+            problems["rows naming missing files"].append(f"line {n}: {path}")
+            continue
+        if rel in wanted and wanted[rel] != label:
+            problems["files listed twice with different labels"].append(
+                f"{rel} ({wanted[rel]}, {label})")
+            conflicted.add(rel)
+        wanted.setdefault(rel, label)
+    ignored = list(skipped)
+    from imgcls.scan import IMAGE_EXTENSIONS
+
+    for rel in by_path:
+        if rel not in wanted:
+            if os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS:
+                problems["files present but not listed"].append(rel)
+            ignored.append((rel, f"not listed in {os.path.basename(spec.csv_file)}"))
+    rejected = [(rel, "listed with two different labels in "
+                      f"{os.path.basename(spec.csv_file)}") for rel in sorted(conflicted)]
+    kept = {rel: lab for rel, lab in wanted.items() if rel not in conflicted}
+    classes = sorted(set(kept.values()))
+    index = {c: i for i, c in enumerate(classes)}
+    files = [(rel, index[kept[rel]], by_path[rel]) for rel in sorted(kept)]
+    return Labelled(classes, files, rejected, ignored, {k: v for k, v in problems.items() if v})
+
+
+def describe(problems: dict[str, list[str]], n: int = 3) -> list[str]:
+    """One line per kind of problem: a count and the first few examples."""
+    out = []
+    for kind, items in problems.items():
+        shown = ", ".join(display(x) for x in items[:n])
+        more = f" and {len(items) - n} more" if len(items) > n else ""
+        out.append(f"{len(items)} {kind}: {shown}{more}")
+    return out

@@ -1,0 +1,102 @@
+"""labels: classes from file names (Kaggle's flat cat.0.jpg layout) and from CSV files, with
+every problem row reported, and the whole job (scan, train, resume, evaluate) on them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import images
+from imgcls.cli import main
+from imgcls.errors import UserError
+from imgcls.scan import ScanOptions, scan
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+KAGGLE = r"name:^(cat|dog)\."
+
+
+@pytest.fixture
+def flat(tmp_path):
+    """Kaggle's own layout: one flat folder of cat.N.jpg and dog.N.jpg."""
+    root = tmp_path / "train"
+    root.mkdir()
+    source = next((d for d in (SHARED / "catsdogs25k", SHARED / "catsdogs" / "train")
+                   if (d / "cats").is_dir()), None)
+    if source is not None:  # real Kaggle photos, linked under Kaggle's flat names
+        for cls, name in (("cats", "cat"), ("dogs", "dog")):
+            for i, src in enumerate(sorted((source / cls).iterdir())[:12]):
+                os.symlink(src, root / f"{name}.{i}.jpg")
+    else:  # without the shared set: photos of our own, the same names
+        for i in range(12):
+            images.jpeg(root / f"cat.{i}.jpg", seed=i)
+            images.jpeg(root / f"dog.{i}.jpg", seed=100 + i)
+    (root / "readme.txt").write_text("Kaggle's Dogs vs. Cats\n")
+    images.jpeg(root / "unknown.jpg", seed=999)
+    return root
+
+
+def test_labels_from_kaggle_file_names(flat, capsys):
+    index = scan(flat, ScanOptions(labels=KAGGLE))
+    assert index.class_names == ["cat", "dog"] and index.per_class() == {"cat": 12, "dog": 12}
+    assert all(os.path.basename(s.path).startswith(index.class_names[s.label]) for s in index.samples)
+    ignored = {n.path: n.reason for n in index.ignored}
+    assert "no label in the file name" in ignored["unknown.jpg"]
+    assert main(["scan", str(flat), "--labels", KAGGLE]) == 0
+    out = capsys.readouterr().out
+    assert "Found 24 files belonging to 2 classes." in out and "1 file names without a label" in out
+    with pytest.raises(UserError, match="not a regular expression"):
+        scan(flat, ScanOptions(labels="name:(cat"))
+
+
+def test_train_resume_and_evaluate_with_labels_from_names(flat, tmp_path):
+    run = tmp_path / "run"
+    images.train_tiny(flat, run, "--epochs", "1", "--labels", KAGGLE)
+    assert json.loads((run / "config.json").read_text())["labels"] == KAGGLE
+    res = subprocess.run([sys.executable, "-m", "imgcls", "train", "--resume", str(run),
+                          "--epochs", "2"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([sys.executable, "-m", "imgcls", "evaluate", str(run), "--json",
+                          "--no-figures"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["class_names"] == ["cat", "dog"]
+    assert report["images"] == json.loads((run / "data.json").read_text())["val_images"]
+
+
+def test_labels_from_a_csv_with_every_kind_of_bad_row(tmp_path, capsys):
+    root = tmp_path / "data"
+    for i in range(8):
+        images.jpeg(root / "img" / f"a{i}.jpg", seed=i)
+        images.jpeg(root / "img" / f"b{i}.jpg", seed=50 + i)
+    images.jpeg(root / "img" / "unlisted.jpg", seed=77)
+    (root / "img" / "broken.jpg").write_bytes(b"")
+    rows = ["file_name,notes,label"]
+    rows += [f"img/a{i}.jpg,x,ant" for i in range(8)] + [f"img/b{i}.jpg,y,bee" for i in range(8)]
+    rows += ["img/broken.jpg,,ant", "img/gone.jpg,,ant", "img/a0.jpg,,bee", "img/b1.jpg,,"]
+    labels = root / "labels.csv"  # inside the data folder, as Kaggle ships it
+    labels.write_text("\n".join(rows) + "\n")
+    doc_rc = main(["scan", str(root), "--labels", f"csv:{labels}", "--json"])
+    assert doc_rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["classes"] == ["ant", "bee"]
+    assert doc["per_class"] == {"ant": 7, "bee": 8}  # a0 is in two classes: out
+    p = doc["label_problems"]
+    assert p["rows naming missing files"] == ["line 19: img/gone.jpg"]
+    assert p["files listed twice with different labels"] == ["img/a0.jpg (ant, bee)"]
+    assert p["empty labels"] == ["line 21 (img/b1.jpg)"]
+    assert p["files present but not listed"] == ["img/unlisted.jpg"]
+    rejected = {r["path"]: r["reason"] for r in doc["rejected"]}
+    assert rejected["img/broken.jpg"] == "empty file" and "two different labels" in rejected["img/a0.jpg"]
+    assert main(["scan", str(root), "--labels", f"csv:{labels}"]) == 0
+    out = capsys.readouterr().out
+    assert "1 rows naming missing files: line 19: img/gone.jpg" in out
+    # Named columns, and ids without their extension (as Kaggle competitions write them).
+    ids = root / "ids.csv"
+    ids.write_text("id,breed\n" + "".join(f"img/a{i},ant\nimg/b{i},bee\n" for i in range(8)))
+    index = scan(root, ScanOptions(labels=f"csv:{ids}:id,breed"))
+    assert index.per_class() == {"ant": 8, "bee": 8}
