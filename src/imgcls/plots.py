@@ -1,6 +1,7 @@
-"""Figures as PNG files: image grids now; training curves, confusion matrix, top losses later.
+"""Figures: image grids, training curves, confusion matrix, top losses.
 
-Owns how things look. Uses matplotlib's object API (Figure + Agg canvas), never pyplot, so
+Owns how things look. Each function returns its matplotlib Figure (a notebook shows it) and
+writes it as a PNG when given a path (the CLI). Uses matplotlib's object API (Figure + Agg canvas), never pyplot, so
 no global figure state and no display is needed; files are written atomically.
 """
 
@@ -16,17 +17,20 @@ import numpy as np
 from imgcls.fsutil import atomic_write_bytes
 
 
-def _save(fig, path: str | os.PathLike, dpi: int = 100) -> None:
+def _save(fig, path: str | os.PathLike | None, dpi: int = 100):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
+    if path is None:
+        return fig
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
+    return fig
 
 
-def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: str | os.PathLike,
-               ncols: int = 3, title: str | None = None) -> None:
+def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: str | os.PathLike | None = None,
+               ncols: int = 3, title: str | None = None):
     """A grid of (H, W, 3) uint8 images, each with a title, like the Keras tutorial's figures."""
     from matplotlib.figure import Figure
 
@@ -42,7 +46,7 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], path: str | 
     if title:
         fig.suptitle(title, fontsize=14)
     fig.tight_layout()
-    _save(fig, path)
+    return _save(fig, path)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -59,7 +63,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def curves_figure(metrics_file: str | os.PathLike, path: str | os.PathLike) -> None:
+def curves_figure(metrics_file: str | os.PathLike, path: str | os.PathLike | None = None):
     """Loss and accuracy per epoch, training and validation, side by side."""
     from matplotlib.figure import Figure
 
@@ -79,10 +83,10 @@ def curves_figure(metrics_file: str | os.PathLike, path: str | os.PathLike) -> N
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def confusion_figure(cm: list[list[int]], names: Sequence[str], path: str | os.PathLike) -> None:
+def confusion_figure(cm: list[list[int]], names: Sequence[str], path: str | os.PathLike | None = None):
     from matplotlib.figure import Figure
 
     m = np.asarray(cm)
@@ -105,10 +109,10 @@ def confusion_figure(cm: list[list[int]], names: Sequence[str], path: str | os.P
                 ax.text(j, i, f"{m[i, j]}", ha="center", va="center",
                         color="white" if frac > 0.5 else "black", fontsize=11)
     fig.tight_layout()
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def top_losses_figure(top: Sequence[dict], path: str | os.PathLike, root: str = "") -> None:
+def top_losses_figure(top: Sequence[dict], path: str | os.PathLike | None = None, root: str = ""):
     """The images the model got most wrong: predicted/true class, probability, loss."""
     from PIL import Image, ImageOps
 
@@ -124,4 +128,4 @@ def top_losses_figure(top: Sequence[dict], path: str | os.PathLike, root: str = 
         titles.append(f"{t['predicted']}/{t['true']} {t['p_predicted']:.2f}\nloss {t['loss']:.2f}")
     if not imgs:
         imgs, titles = [np.full((64, 64, 3), 255, np.uint8)], ["no images"]
-    image_grid(imgs, titles, path, title="Top losses: predicted/true, probability of prediction")
+    return image_grid(imgs, titles, path, title="Top losses: predicted/true, probability of prediction")

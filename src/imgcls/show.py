@@ -37,15 +37,15 @@ def first_training_images(index: DatasetIndex, train: DatasetIndex, spec: Prepro
     return out
 
 
-def samples_figure(items, path: str | os.PathLike) -> None:
-    image_grid([a for a, _, _ in items], [c for _, c, _ in items], path)
+def samples_figure(items, path: str | os.PathLike | None = None):
+    return image_grid([a for a, _, _ in items], [c for _, c, _ in items], path)
 
 
-def augment_figure(pixels: np.ndarray, cfg: AugmentConfig, seed: int, path: str | os.PathLike,
-                   label: str = "", n: int = 9) -> None:
+def augment_figure(pixels: np.ndarray, cfg: AugmentConfig, seed: int,
+                   path: str | os.PathLike | None = None, label: str = "", n: int = 9):
     x = to_float(torch.from_numpy(np.repeat(pixels[None], n, axis=0)))
     g = torch.Generator().manual_seed(seed)
     out = augment_batch(x, cfg, g).round().clamp(0, 255).to(torch.uint8)
     imgs = [img.permute(1, 2, 0).numpy() for img in out]
-    image_grid(imgs, [f"{label} #{i + 1}".strip() for i in range(n)], path,
+    return image_grid(imgs, [f"{label} #{i + 1}".strip() for i in range(n)], path,
                title=f"{n} augmentations ({display(label)})" if label else None)

@@ -1,0 +1,225 @@
+"""The Python API: a few functions and two objects, for notebooks and programs.
+
+    import imgcls
+    index = imgcls.scan_folder("data/PetImages")          # DatasetIndex: classes, files, rejects
+    run = imgcls.fit("data/PetImages", out="runs/pets", epochs=10)     # Run
+    model = imgcls.load("runs/pets")                      # Model (a run, a .safetensors, an .onnx)
+    model.predict(["cat.jpg", pil_image, numpy_array])    # [Prediction]
+    model.evaluate("data/other")                          # EvalReport
+    model.export("pets.onnx")                             # ExportReport
+
+Owns nothing new: each call is the same code path as the matching command (the CLI's
+`train` and `fit` both resolve a TrainConfig and call train.fit), and errors are
+UserError exceptions with the same one-line messages the CLI prints. Everything returned is
+plain data: dataclasses, lists, NumPy arrays, matplotlib figures.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from imgcls.errors import UserError
+
+
+# Not `scan`/`train`/`show`: those names are the package's modules (imgcls.scan, ...), and an
+# imported submodule replaces a package attribute of the same name.
+def scan_folder(path: str | os.PathLike, labels: str = "folders", **options):
+    """Scan a folder: every file decoded and checked, nothing modified.
+
+    labels: "folders" (one sub-folder per class), "name:REGEX" or "csv:FILE".
+    options: ScanOptions fields (max_pixels, min_side, workers, cache_dir, use_cache).
+    Returns a DatasetIndex (class_names, samples, rejected, ignored, duplicates, ...)."""
+    from imgcls.scan import ScanOptions
+    from imgcls.scan import scan as _scan
+
+    return _scan(path, ScanOptions(labels=labels, progress=options.pop("progress", None),
+                                   **options))
+
+
+@dataclass
+class Run:
+    """A finished (or stopped) training run."""
+    run_dir: Path
+    history: list[dict] = field(default_factory=list)  # one dict per epoch (metrics.jsonl)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    interrupted: bool = False
+
+    @property
+    def best(self) -> dict:
+        return self.history[self.best_epoch - 1] if self.best_epoch else {}
+
+    def load(self, **kw) -> "Model":
+        """The run's best model."""
+        return load(self.run_dir, **kw)
+
+    def curves(self):
+        """Loss and accuracy per epoch as a matplotlib Figure."""
+        from imgcls.plots import curves_figure
+
+        return curves_figure(self.run_dir / "metrics.jsonl")
+
+
+def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+          preset: str = "auto", resume: str | os.PathLike | None = None, config: str | None = None,
+          **settings: Any) -> Run:
+    """Train from scratch on `data` into the run folder `out` (as `imgcls train`).
+
+    settings: any TrainConfig field (epochs=10, image_size=128, labels="name:^(cat|dog)\\.",
+    val_dir=..., max_per_class=..., time_limit=minutes, ...). resume=RUN continues a run with
+    its own settings (only epochs, time_limit and hardware may change)."""
+    import time
+
+    from imgcls.config import TrainConfig, check_keys, resolve
+    from imgcls.train import fit
+
+    check_keys(settings, "train()")
+    if resume is not None:
+        import json
+
+        run = Path(resume)
+        try:
+            base = TrainConfig(**json.loads((run / "config.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            raise UserError(f"{run}: not a run folder (no readable config.json)") from None
+        may_change = {"epochs", "time_limit", "device", "threads", "compile", "cache_dir"}
+        changed = sorted(k for k, v in settings.items()
+                         if k not in may_change and v != getattr(base, k))
+        if changed:
+            raise UserError(f"resume continues a run with its own settings; cannot change "
+                            f"{', '.join(changed)}")
+        cfg = resolve(settings, base=base)
+        result = fit(cfg, run, resume=True)
+    else:
+        if data is None:
+            raise UserError("give the data folder to train on (or resume=RUN)")
+        cfg = resolve(dict(settings, data_dir=str(data)), preset, config)
+        out = Path(out or f"runs/{Path(cfg.data_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        result = fit(cfg, out)
+    return Run(result.run_dir, result.history, result.best_epoch, result.stopped_early,
+               result.interrupted)
+
+
+Input = Any  # a path, a PIL image, an (H, W, 3) uint8 NumPy array, or encoded bytes
+
+
+class Model:
+    """A trained classifier: predict, evaluate, export. Made by `imgcls.load`."""
+
+    def __init__(self, predictor, source: Path):
+        self._p = predictor
+        self.source = source
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._p.class_names)
+
+    def _prepare_inputs(self, inputs) -> list:
+        from PIL import Image
+
+        if isinstance(inputs, (str, os.PathLike, Image.Image, np.ndarray)) and not (
+                isinstance(inputs, np.ndarray) and inputs.ndim == 4):
+            inputs = [inputs]
+        out = []
+        for x in inputs:
+            if isinstance(x, np.ndarray):
+                if x.ndim == 2:
+                    x = np.stack([x] * 3, -1)
+                if x.ndim != 3 or x.shape[-1] not in (3, 4):
+                    raise UserError(f"an array image must be (H, W, 3) RGB, not {x.shape}")
+                if x.dtype != np.uint8:
+                    if np.issubdtype(x.dtype, np.floating) and x.max(initial=0) <= 1.0:
+                        x = x * 255.0  # floats in 0..1, as matplotlib and skimage give them
+                    x = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+                x = Image.fromarray(np.ascontiguousarray(x[..., :3]))
+            out.append(x)
+        return out
+
+    def predict(self, inputs, tta: bool | None = None, batch_size: int = 32) -> list:
+        """One Prediction (path, class_name, probabilities, error) per input, in order.
+
+        inputs: one or a list of paths, PIL images, (H, W, 3) arrays, or an (N, H, W, 3)
+        array. tta: average with the mirror image (default: as the training recipe says)."""
+        items = self._prepare_inputs(inputs)
+        tta = self._p.recommends_tta if tta is None else tta
+        return self._p.predict(items, batch_size=batch_size, tta=tta)
+
+    def probabilities(self, inputs, tta: bool | None = None) -> np.ndarray:
+        """(N, C) probabilities in class_names order; an unreadable input raises UserError."""
+        preds = self.predict(inputs, tta)
+        bad = [p for p in preds if p.error]
+        if bad:
+            raise UserError(f"{bad[0].path}: {bad[0].error}")
+        return np.array([[p.probabilities[c] for c in self.class_names] for p in preds])
+
+    def evaluate(self, data: str | os.PathLike | None = None, labels: str = "folders",
+                 tta: bool | None = None):
+        """An EvalReport on a labelled folder, or on the run's own validation files."""
+        from imgcls.evaluate import evaluate, items_for, run_validation_items
+        from imgcls.scan import ScanOptions
+        from imgcls.scan import scan as _scan
+
+        if data is not None:
+            index = _scan(data, ScanOptions(min_classes=1, labels=labels))
+            items, names = items_for(index, self.class_names)
+            root = index.root
+        else:
+            run = self.source if self.source.is_dir() else self.source.parent
+            items, names, root = run_validation_items(run, self.class_names)
+        report = evaluate(self._p, items, names, self._p.recommends_tta if tta is None else tta)
+        report.data = root
+        return report
+
+    def export(self, path: str | os.PathLike, check_images: str | None = None):
+        """Write an ONNX file (checked against PyTorch on real images first)."""
+        from imgcls.export import export_onnx
+
+        if self.source.suffix.lower() == ".onnx":
+            raise UserError(f"{self.source} is already an ONNX file")
+        return export_onnx(self.source, path, check_dir=check_images)
+
+    def __repr__(self) -> str:
+        return f"Model({str(self.source)!r}, classes={self.class_names})"
+
+
+def load(path: str | os.PathLike, device: str = "auto", amp: str = "auto") -> Model:
+    """A run folder (its best checkpoint), a .safetensors checkpoint or an .onnx file."""
+    from imgcls.predict import Predictor
+
+    return Model(Predictor.from_checkpoint(path, device=device, amp=amp), Path(path))
+
+
+def confusion_figure(report):
+    """An EvalReport's confusion matrix as a matplotlib Figure."""
+    from imgcls.plots import confusion_figure as fig
+
+    return fig(report.confusion_matrix, report.class_names)
+
+
+def top_losses_figure(report):
+    """The images an EvalReport's model got most wrong, as a matplotlib Figure."""
+    from imgcls.plots import top_losses_figure as fig
+
+    return fig(report.top_losses, root=report.data)
+
+
+def show_batch(data: str | os.PathLike, augment: bool = False, image_size: int = 180, seed: int = 1337,
+         labels: str = "folders"):
+    """The first 9 training images (or 9 augmentations of the first) as a Figure."""
+    from imgcls.augment import AugmentConfig
+    from imgcls.preprocess import PreprocessSpec
+    from imgcls.show import augment_figure, first_training_images, samples_figure
+    from imgcls.split import split_index
+
+    index = scan_folder(data, labels=labels)
+    sp = split_index(index, 0.2, seed)
+    items = first_training_images(index, sp.train, PreprocessSpec(image_size, image_size), seed,
+                                  1 if augment else 9)
+    if augment:
+        return augment_figure(items[0][0], AugmentConfig(), seed, None, items[0][1])
+    return samples_figure(items, None)
