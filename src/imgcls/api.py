@@ -62,7 +62,7 @@ class Run:
         """Loss and accuracy per epoch as a matplotlib Figure."""
         from imgcls.plots import curves_figure
 
-        return curves_figure(self.run_dir / "metrics.jsonl")
+        return _shown(curves_figure(self.run_dir / "metrics.jsonl"))
 
 
 def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
@@ -103,6 +103,27 @@ def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = N
         result = fit(cfg, out)
     return Run(result.run_dir, result.history, result.best_epoch, result.stopped_early,
                result.interrupted)
+
+
+def _shown(fig):
+    """Return fig; in IPython, first teach it to draw matplotlib Figures made without
+    pyplot (ours use the object API: no global figure state), as PNG."""
+    import sys
+
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is not None:
+        import io
+
+        from matplotlib.figure import Figure
+
+        def png(f):
+            buf = io.BytesIO()
+            f.savefig(buf, format="png", bbox_inches="tight")
+            return buf.getvalue()
+
+        shell.display_formatter.formatters["image/png"].for_type(Figure, png)
+    return fig
 
 
 Input = Any  # a path, a PIL image, an (H, W, 3) uint8 NumPy array, or encoded bytes
@@ -147,7 +168,10 @@ class Model:
         array. tta: average with the mirror image (default: as the training recipe says)."""
         items = self._prepare_inputs(inputs)
         tta = self._p.recommends_tta if tta is None else tta
-        return self._p.predict(items, batch_size=batch_size, tta=tta)
+        from imgcls.runtime import interactive
+
+        return self._p.predict(items, batch_size=batch_size, tta=tta,
+                               progress=interactive() and len(items) > batch_size)
 
     def probabilities(self, inputs, tta: bool | None = None) -> np.ndarray:
         """(N, C) probabilities in class_names order; an unreadable input raises UserError."""
@@ -198,14 +222,14 @@ def confusion_figure(report):
     """An EvalReport's confusion matrix as a matplotlib Figure."""
     from imgcls.plots import confusion_figure as fig
 
-    return fig(report.confusion_matrix, report.class_names)
+    return _shown(fig(report.confusion_matrix, report.class_names))
 
 
 def top_losses_figure(report):
     """The images an EvalReport's model got most wrong, as a matplotlib Figure."""
     from imgcls.plots import top_losses_figure as fig
 
-    return fig(report.top_losses, root=report.data)
+    return _shown(fig(report.top_losses, root=report.data))
 
 
 def show_batch(data: str | os.PathLike, augment: bool = False, image_size: int = 180, seed: int = 1337,
@@ -221,5 +245,5 @@ def show_batch(data: str | os.PathLike, augment: bool = False, image_size: int =
     items = first_training_images(index, sp.train, PreprocessSpec(image_size, image_size), seed,
                                   1 if augment else 9)
     if augment:
-        return augment_figure(items[0][0], AugmentConfig(), seed, None, items[0][1])
-    return samples_figure(items, None)
+        return _shown(augment_figure(items[0][0], AugmentConfig(), seed, None, items[0][1]))
+    return _shown(samples_figure(items, None))

@@ -85,7 +85,7 @@ def fetch(url: str, dest_file: Path, timeout: float = 15.0, sha256: str | None =
                 have, mode = 0, "wb"  # the server ignored the Range: start over
             length = resp.headers.get("Content-Length")
             total = have + int(length) if length and length.isdigit() else None
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # widgets in Jupyter, text elsewhere
 
             show = sys.stderr.isatty() if progress is None else progress
             try:

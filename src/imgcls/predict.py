@@ -159,7 +159,7 @@ class Predictor:
         out: list[Prediction] = []
         bar = None
         if progress:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # widgets in Jupyter, text elsewhere
 
             bar = tqdm(total=len(sources), unit="img", desc="predict", leave=False)
         for start in range(0, len(sources), batch_size):

@@ -32,6 +32,12 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def interactive() -> bool:
+    """Whether progress bars help: a terminal, or a Jupyter kernel (its stderr is no tty).
+    Logs and CI get plain lines."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
 def cpu_threads() -> int:
     """Cores this process may use (respects taskset/cgroup affinity)."""
     try:
@@ -51,10 +57,10 @@ def thread_map(fn, items: list, workers: int = 0, desc: str = "", unit: str = "f
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # widgets in Jupyter, text elsewhere
 
     workers = workers or cpu_threads()
-    show = sys.stderr.isatty() if progress is None else progress
+    show = interactive() if progress is None else progress
     # Chunks amortise the per-task cost of futures and of the progress bar.
     chunk = max(1, min(32, len(items) // (workers * 8) or 1))
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]

@@ -863,9 +863,11 @@ def _check_resume_matches(ckpt: Checkpoint, mcfg: ModelConfig, class_names: list
 
 
 def _bar(world: D.World, steps: int, epoch: int, epochs: int, initial: int):
-    if not world.main or not sys.stderr.isatty():
+    from imgcls.runtime import interactive
+
+    if not world.main or not interactive():
         return None
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # widgets in Jupyter, text elsewhere
 
     return tqdm(total=steps, initial=initial, desc=f"Epoch {epoch + 1}/{epochs}", unit="step",
                 leave=False, dynamic_ncols=True)
