@@ -112,3 +112,11 @@ def test_a_file_deleted_during_the_scan_is_not_called_a_link(tmp_path):
     assert status == "rejected" and reason == "unreadable: vanished during the scan"
     os.symlink(tmp_path / "nowhere.jpg", tmp_path / "link.jpg")
     assert check_file(str(tmp_path / "link.jpg"), True, 10**8, 4)[1] == "unreadable: broken symlink"
+
+
+def test_a_device_imgcls_cannot_use_is_one_line(trained, capsys):
+    data, run = trained
+    good = str(data / "cat" / "cat.0.jpg")
+    assert main(["predict", str(run), good, "--device", "tpu"]) == 2
+    errs = images.error_lines(capsys.readouterr().err)
+    assert len(errs) == 1 and "not a device imgcls can use" in errs[0]

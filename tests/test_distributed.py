@@ -48,6 +48,14 @@ def torchrun(n: int, *args, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, **kw)
 
 
+def popen_ranks(*args):
+    """torchrun with 2 CPU ranks in the background (for tests that signal or time it)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "imgcls", "train", "--preset", "tutorial", *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
 def single(*args):
     return subprocess.run([sys.executable, "-m", "imgcls", "train", "--preset", "tutorial",
                            *map(str, args)],
@@ -163,10 +171,7 @@ def test_a_run_folder_that_holds_a_run_stops_every_rank(setup, tmp_path):
     data, cfg = setup
     run = tmp_path / "run"
     assert torchrun(2, data, "--out", run, "--config", cfg, "--epochs", "1").returncode == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "imgcls", "train", str(data), "--out", str(run), "--config", str(cfg), "--preset", "tutorial"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = popen_ranks(data, "--out", run, "--config", cfg)
     out, err = _ranks_exit_within(proc, 60)
     assert proc.returncode != 0
     # torchrun adds its own report of the failed workers; ours is rank 0's one line.
@@ -178,11 +183,7 @@ def test_a_run_folder_that_holds_a_run_stops_every_rank(setup, tmp_path):
 def test_sigterm_to_one_rank_stops_all_with_a_resumable_checkpoint(setup, tmp_path):
     data, cfg = setup
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "imgcls", "train", str(data), "--out", str(run), "--config", str(cfg), "--preset", "tutorial",
-           "--epochs", "200", "--batch-size", "4"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = popen_ranks(data, "--out", run, "--config", cfg, "--epochs", "200", "--batch-size", "4")
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "checkpoints" / "epoch_001.safetensors").exists():
         time.sleep(0.05)

@@ -136,7 +136,10 @@ class Predictor:
         from imgcls.checkpoint import resolve_model_path  # imports torch: not on the ONNX path
 
         p = resolve_model_path(p)
-        return cls(_TorchBackend(p, _check_device(device), amp), p)
+        from imgcls.runtime import resolve_device
+
+        resolve_device(device)  # a bad --device is one line, before the model loads
+        return cls(_TorchBackend(p, device, amp), p)
 
     def probabilities(self, batch: np.ndarray, tta: bool = False) -> np.ndarray:
         """(B, H, W, 3) uint8 prepared images -> (B, C) probabilities."""
@@ -189,23 +192,6 @@ class Predictor:
             return str(exc)
         except OSError as exc:
             return f"unreadable: {exc.strerror or exc}"
-
-
-def _check_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return device
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {device}: not a device imgcls can use; choose auto, cpu, "
-                        "cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA GPU is available to PyTorch")
-    return device
 
 
 def expand_inputs(items: Iterable[str]) -> tuple[list[str], list[str]]:

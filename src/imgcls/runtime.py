@@ -139,3 +139,26 @@ def autocast_for(device, amp: str, native_bf16: bool | None = None):
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+
+
+def resolve_device(name: str):
+    """--device as a torch.device: auto (CUDA if PyTorch sees a GPU), cpu, cuda or cuda:N.
+    Anything else, or CUDA without a GPU, is a UserError in one line."""
+    import torch
+
+    from imgcls.errors import UserError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: not a device imgcls can use; choose auto, cpu, "
+                        "cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is available to PyTorch "
+                        f"(torch {torch.__version__} is a "
+                        f"{'CUDA' if torch.version.cuda else 'CPU-only'} build)")
+    return dev

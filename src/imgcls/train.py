@@ -56,7 +56,7 @@ from imgcls.optim import (class_weights, load_optimizer_state, lr_factor, make_o
                           optimizer_state)
 from imgcls.preprocess import PreprocessSpec
 from imgcls.runfolder import RunWriter
-from imgcls.runtime import autocast_for, cpu_threads, keep_freed_memory
+from imgcls.runtime import autocast_for, cpu_threads, keep_freed_memory, resolve_device
 from imgcls.scan import DatasetIndex, ScanOptions, report_dict, scan
 from imgcls.split import Split, read_record, restore_split, split_index, split_with_val_dir, write_record
 
@@ -70,22 +70,6 @@ class FitResult:
     best_epoch: int = 0
     stopped_early: bool = False
     interrupted: bool = False
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: not a device imgcls can use; choose auto, cpu, "
-                        "cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is available to PyTorch "
-                        f"(torch {torch.__version__} is a {'CUDA' if torch.version.cuda else 'CPU-only'} build)")
-    return dev
 
 
 def _seed_for(cfg_seed: int, epoch: int, rank: int, stream: int) -> int:
