@@ -61,7 +61,7 @@ class TrainConfig:
     time_limit: float = 0.0  # minutes of wall-clock time; stop after the last epoch that fits; 0 = none
     # hardware
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
-    amp: str = "auto"  # "auto" (bf16 on CUDA and on CPUs with native bf16, else float32), "bf16", "fp16", "off"
+    amp: str = "auto"  # "auto" (bf16 on CUDA, float32 on a CPU: runtime.precision_for), "bf16", "fp16", "off"
     compile: bool = False  # torch.compile the model
     channels_last: bool = True
     threads: int = 0  # CPU threads for torch; 0 = all available cores

@@ -289,7 +289,7 @@ def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: 
         _log(world, "imgcls: warning: BatchNorm sees one image at a time per rank: its batch "
              "statistics are noise; use a larger --batch-size (or --micro-batch)", file=sys.stderr)
     steps = len(train_loader)
-    autocast, scaler = autocast_for(device, cfg.amp)
+    autocast, scaler = autocast_for(device, cfg.amp, training=True)
     w = class_weights(cfg, data.cache.labels[data.train_rows], n_classes)
     state = TrainState(model, net, make_optimizer(cfg, model), scaler, autocast,
                        torch.Generator(device=device), None if w is None else w.to(device),
@@ -540,9 +540,10 @@ def _looks_like_lost_peer(exc: BaseException) -> bool:
 def _precision_line(device: torch.device, amp: str) -> str:
     from imgcls.runtime import precision_for
 
-    p = precision_for(device.type, amp)
+    p = precision_for(device.type, amp, training=True)
     if p == "fp32":
-        why = "--amp off" if amp == "off" else "this CPU has no native bf16"
+        why = ("--amp off" if amp == "off" else "--amp auto trains in float32 on a CPU; "
+               "--amp bf16 to train in bf16")
         return f"float32 ({why})"
     why = {"auto": "this CPU computes bf16 natively" if device.type == "cpu" else "the GPU's",
            "bf16": "--amp bf16", "fp16": "--amp fp16"}[amp]
