@@ -76,9 +76,10 @@ def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = N
     import time
 
     from imgcls.config import TrainConfig, check_keys, resolve
-    from imgcls.train import fit
+    from imgcls.fsutil import display
+    from imgcls.train import fit as fit_
 
-    check_keys(settings, "train()")
+    check_keys(settings, "fit()")
     if resume is not None:
         import json
 
@@ -86,21 +87,33 @@ def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = N
         try:
             base = TrainConfig(**json.loads((run / "config.json").read_text()))
         except (OSError, ValueError, TypeError):
-            raise UserError(f"{run}: not a run folder (no readable config.json)") from None
+            raise UserError(f"{display(run)}: not a run folder (no readable config.json)") from None
+        if data is not None and os.path.realpath(os.path.expanduser(data)) != \
+                os.path.realpath(base.data_dir):
+            raise UserError(f"{display(run)} trains on {display(base.data_dir)}, not "
+                            f"{display(os.path.realpath(data))}; resume reads the run's own "
+                            "data folder (leave DATA_DIR out), or start a new run with --out")
+        # Only the length of the run and the hardware may change on resume.
         may_change = {"epochs", "time_limit", "device", "threads", "compile", "cache_dir"}
         changed = sorted(k for k, v in settings.items()
-                         if k not in may_change and v != getattr(base, k))
+                         if v is not None and k not in may_change and v != getattr(base, k))
         if changed:
-            raise UserError(f"resume continues a run with its own settings; cannot change "
+            raise UserError(f"--resume continues a run with its own settings; cannot change "
                             f"{', '.join(changed)}")
         cfg = resolve(settings, base=base)
-        result = fit(cfg, run, resume=True)
+        result = fit_(cfg, run, resume=True)
     else:
         if data is None:
-            raise UserError("give the data folder to train on (or resume=RUN)")
+            raise UserError("give a DATA_DIR to train on (or --resume RUN_DIR)")
         cfg = resolve(dict(settings, data_dir=str(data)), preset, config)
+        if preset == "auto" and os.environ.get("RANK", "0") == "0":
+            from imgcls.config import auto_preset
+
+            print(f"Recipe: the {cfg.preset} preset ({auto_preset(cfg.device)[1]}; "
+                  "--preset tutorial or cpu to choose)", flush=True)
         out = Path(out or f"runs/{Path(cfg.data_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        result = fit(cfg, out)
+        _check_run_folder(out, cfg)
+        result = fit_(cfg, out)
     return Run(result.run_dir, result.history, result.best_epoch, result.stopped_early,
                result.interrupted)
 
@@ -124,6 +137,25 @@ def _shown(fig):
 
         shell.display_formatter.formatters["image/png"].for_type(Figure, png)
     return fig
+
+
+def _check_run_folder(out, cfg) -> None:
+    """A run folder must be a folder, outside the data (the next scan would take it for a
+    class); the same for the cache folder."""
+    from pathlib import Path
+
+    from imgcls.fsutil import display, is_within
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {display(out)}: that is an existing file, not a folder")
+    for d in filter(None, (cfg.data_dir, cfg.val_dir)):
+        if is_within(out, Path(d)):
+            raise UserError(f"--out {display(out)} is inside the data folder {display(d)}, "
+                            "where the next scan would take it for a class; choose a folder "
+                            "outside it")
+        if cfg.cache_dir and is_within(Path(cfg.cache_dir), Path(d)):
+            raise UserError(f"--cache-dir {display(cfg.cache_dir)} is inside the data folder "
+                            f"{display(d)}; choose one outside it")
 
 
 Input = Any  # a path, a PIL image, an (H, W, 3) uint8 NumPy array, or encoded bytes

@@ -155,52 +155,12 @@ def _train_overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    import json
-    import os
-    import time
-    from pathlib import Path
-
-    from imgcls.config import TrainConfig, resolve
+    from imgcls.api import fit
     from imgcls.fsutil import display
 
-    overrides = _train_overrides(args)
-    if args.resume:
-        run = Path(args.resume)
-        try:
-            saved = json.loads((run / "config.json").read_text())
-        except (OSError, ValueError):
-            raise UserError(f"{display(run)}: not a run folder (no readable config.json)") from None
-        base = TrainConfig(**saved)
-        if overrides.get("data_dir"):
-            given = os.path.realpath(os.path.expanduser(overrides["data_dir"]))
-            if given != os.path.realpath(base.data_dir):
-                raise UserError(f"{display(run)} trains on {display(base.data_dir)}, not "
-                                f"{display(given)}; resume reads the run's own data folder "
-                                "(leave DATA_DIR out), or start a new run with --out")
-        # Only the length of the run and the hardware may change on resume.
-        may_change = ("epochs", "data_dir", "time_limit", "device", "threads", "compile", "cache_dir")
-        changed = {k: v for k, v in overrides.items()
-                   if k not in may_change and v != getattr(base, k)}
-        if changed:
-            raise UserError(f"--resume continues a run with its own settings; cannot change "
-                            f"{', '.join(sorted(changed))}")
-        cfg = resolve({k: v for k, v in overrides.items() if k != "data_dir"}, base=base)
-        out = run
-    else:
-        if not args.data_dir:
-            raise UserError("give a DATA_DIR to train on (or --resume RUN_DIR)")
-        preset = args.preset or "auto"
-        cfg = resolve(overrides, preset, args.config)
-        if preset == "auto" and os.environ.get("RANK", "0") == "0":
-            from imgcls.config import auto_preset
-
-            _, why = auto_preset(cfg.device)
-            print(f"Recipe: the {cfg.preset} preset ({why}; --preset tutorial or cpu to choose)")
-        out = Path(args.out or f"runs/{Path(cfg.data_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        _check_run_folder(out, cfg)
-    from imgcls.train import fit
-
-    result = fit(cfg, out, resume=bool(args.resume))
+    overrides = {k: v for k, v in _train_overrides(args).items() if k not in ("data_dir", "preset")}
+    result = fit(args.data_dir, args.out, args.preset or "auto", args.resume, args.config,
+                 **overrides)
     if result.interrupted:
         return 130
     if result.history:
@@ -208,25 +168,6 @@ def cmd_train(args) -> int:
         print(f"Best: epoch {result.best_epoch}, val_accuracy {b['val_accuracy']:.4f}. "
               f"Run folder: {display(result.run_dir)}")
     return 0
-
-
-def _check_run_folder(out, cfg) -> None:
-    """A run folder must be a folder, outside the data (the next scan would take it for a
-    class); the same for the cache folder."""
-    from pathlib import Path
-
-    from imgcls.fsutil import display, is_within
-
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {display(out)}: that is an existing file, not a folder")
-    for d in filter(None, (cfg.data_dir, cfg.val_dir)):
-        if is_within(out, Path(d)):
-            raise UserError(f"--out {display(out)} is inside the data folder {display(d)}, "
-                            "where the next scan would take it for a class; choose a folder "
-                            "outside it")
-        if cfg.cache_dir and is_within(Path(cfg.cache_dir), Path(d)):
-            raise UserError(f"--cache-dir {display(cfg.cache_dir)} is inside the data folder "
-                            f"{display(d)}; choose one outside it")
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
