@@ -11,7 +11,8 @@ set -euo pipefail
 PY=${1:-python3}
 DATA=${2:-}
 PER_CLASS=${DEMO_PER_CLASS:-1000}  # photos per class in the demo's sample
-MINUTES=${DEMO_MINUTES:-6}         # training budget: the last epoch that ends within it
+EPOCHS=${DEMO_EPOCHS:-12}          # a whole (short) learning-rate schedule...
+MINUTES=${DEMO_MINUTES:-6}         # ...within this budget: the last epoch that ends within it
 here=$(cd "$(dirname "$0")/.." && pwd)
 imgcls() { "$PY" -m imgcls "$@"; }
 VAL=""
@@ -33,10 +34,10 @@ fi
 RUN="${DEMO_RUNS:-$here/runs}/demo-$(date +%Y%m%d-%H%M%S)"
 echo "== imgcls scan $DATA"
 imgcls scan "$DATA" | head -n 12
-TRAIN=(--max-per-class "$PER_CLASS" --time-limit "$MINUTES")
+TRAIN=(--max-per-class "$PER_CLASS" --epochs "$EPOCHS" --time-limit "$MINUTES")
 if [ -n "$VAL" ]; then TRAIN+=(--val-dir "$VAL"); fi
-echo "== imgcls train: at most $PER_CLASS photos per class, at most $MINUTES minutes of training"
-echo "   (plus the scan and a one-time decode of the sample; about $((MINUTES + 2)) minutes in all)"
+echo "== imgcls train: at most $PER_CLASS photos per class, $EPOCHS epochs, at most $MINUTES minutes of training"
+echo "   (plus the scan and a one-time decode of the sample: at most about $((MINUTES + 2)) minutes in all)"
 imgcls train "$DATA" --out "$RUN" "${TRAIN[@]}"
 echo "== imgcls evaluate $RUN"
 imgcls evaluate "$RUN"

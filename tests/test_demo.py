@@ -20,7 +20,7 @@ def test_demo_runs_a_bounded_job_and_ends_on_an_answer(tmp_path):
                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     out = res.stdout
-    said = out.index("at most 20 photos per class, at most 0.3 minutes of training")
+    said = out.index("at most 20 photos per class, 12 epochs, at most 0.3 minutes of training")
     assert said < out.index("Epoch 1/")  # the budget is said before training starts
     assert "Found 40 files" in out  # 20 of each class's 30
     assert "This image is " in out.split("== imgcls predict", 1)[1]

@@ -147,7 +147,7 @@ def prepare_data(cfg: TrainConfig, world: D.World, run: Path | None = None,
         if (turn == "main") == world.main:
             index = scan(cfg.data_dir, opts)
             val_index = scan(cfg.val_dir, val_opts) if cfg.val_dir else None
-            if cfg.max_per_class:
+            if cfg.max_per_class and record is None:  # on resume, the record is the sample
                 index = sample_per_class(index, cfg.max_per_class, cfg.seed)
                 val_index = val_index and sample_per_class(val_index, cfg.max_per_class, cfg.seed)
             if record is not None:
@@ -390,9 +390,10 @@ def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world:
                             cfg.contrast)
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     seen, seconds = 0, 0.0
-    if state.partial:
-        sums += torch.tensor(state.partial[:3], dtype=torch.float64, device=device)
-        seen, seconds = int(state.partial[3]), float(state.partial[4])
+    if state.partial:  # the interrupted epoch's sums over all ranks: counted once, on rank 0
+        if world.main:
+            sums += torch.tensor(state.partial[:3], dtype=torch.float64, device=device)
+        seen, seconds = int(state.partial[3]) // world.size, float(state.partial[4])
     # The first non-finite loss's global step + 1 (0 = none): kept on the device so a GPU
     # never waits for it between agreements.
     bad_at = torch.zeros((), dtype=torch.float64, device=device)
