@@ -130,8 +130,6 @@ def close_after_training(a: dict, b: dict, init: dict, rel: float = 5e-3) -> lis
     half-batch means, AVX2 vs AVX-512 vs AMX kernels, 1 vs 2 threads) differ by rounding,
     which grows with the update; a wrong update differs by the update's own size.
     """
-    import torch
-
     bad = []
     for k, va in a.items():
         if not va.is_floating_point():

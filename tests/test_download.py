@@ -89,13 +89,19 @@ def test_full_download_extracts_a_scannable_tree(server, tmp_path, capsys):
     assert "already there" in capsys.readouterr().out
 
 
-def test_interrupted_download_resumes_byte_identical(server, tmp_path, capsys):
+def _interrupted(server, tmp_path) -> tuple[bytes, str]:
+    """A download whose connection drops after a third: (the archive's bytes, its URL)."""
     h, base = server
     data = pet_zip()
     h.files["/pets.zip"] = data
     h.cut_after["/pets.zip"] = len(data) // 3
     url = base + "/pets.zip"
     assert main(["download", "--dest", str(tmp_path), "--url", url, "--timeout", "5"]) == 2
+    return data, url
+
+
+def test_interrupted_download_resumes_byte_identical(server, tmp_path, capsys):
+    data, url = _interrupted(server, tmp_path)
     assert "resume" in capsys.readouterr().err
     part = tmp_path / "pets.zip.part"
     assert 0 < part.stat().st_size < len(data)
@@ -107,14 +113,9 @@ def test_interrupted_download_resumes_byte_identical(server, tmp_path, capsys):
 
 def test_a_partial_reply_for_another_range_is_not_appended(server, tmp_path, capsys):
     """A 206 whose Content-Range starts elsewhere than asked must not be appended."""
-    h, base = server
-    data = pet_zip()
-    h.files["/pets.zip"] = data
-    h.cut_after["/pets.zip"] = len(data) // 3
-    url = base + "/pets.zip"
-    assert main(["download", "--dest", str(tmp_path), "--url", url, "--timeout", "5"]) == 2
+    data, url = _interrupted(server, tmp_path)
     assert (tmp_path / "pets.zip.part").stat().st_size > 0
-    h.range_from_zero = True  # now the server sends the whole file as "bytes 0-..."
+    server[0].range_from_zero = True  # now the server sends the whole file as "bytes 0-..."
     assert main(["download", "--dest", str(tmp_path), "--url", url]) == 0
     assert (tmp_path / "pets.zip").read_bytes() == data
 

@@ -33,7 +33,6 @@ def test_the_probe_agrees_with_the_os():
 
 
 def test_bf16_predictions_agree_with_float32_on_real_photos(tmp_path, catsdogs):
-    from imgcls.cli import main
     from imgcls.predict import Predictor
 
     data = images.two_class_tree(tmp_path / "d", 20, 48)

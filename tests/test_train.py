@@ -220,28 +220,34 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(data, tmp_path):
         subprocess.run(["umount", str(disk)])
 
 
+def _whole_and_parts(data, tmp_path, settings: dict, micro: int) -> tuple[dict, dict, dict, str]:
+    """Train one epoch with the whole batch per pass and with passes of `micro`: (weights
+    of each, the initial weights, the second run's stderr)."""
+    from imgcls.models import ModelConfig, create_model
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(settings))
+    for name, m in (("whole", settings["batch_size"]), ("parts", micro)):
+        res = cli("train", data, "--out", tmp_path / name, "--config", cfg, "--epochs", "1",
+                  "--micro-batch", m, "--preset", "tutorial")
+        assert res.returncode == 0, res.stderr
+    torch.manual_seed(settings["seed"])  # fit() draws the initial weights the same way
+    init = create_model(ModelConfig("xception-tiny", 2, settings["model_options"])).state_dict()
+    return (weights(tmp_path / "whole" / "last.safetensors"),
+            weights(tmp_path / "parts" / "last.safetensors"), init, res.stderr)
+
+
 def test_micro_batches_accumulate_to_the_same_step(data, tmp_path):
     """Gradient accumulation: 2 passes of 4 = 1 pass of 8, for a batch-independent network.
 
     The two sum the same gradients in a different order, so they agree to rounding, which
     depends on the CPU's kernels: compare with a tolerance scaled to how far one epoch moved
     each weight (a wrong accumulation differs by the whole step)."""
-    from imgcls.models import ModelConfig, create_model
-
     settings = {"model": "xception-tiny", "image_size": 32, "batch_size": 8,
                 "model_options": {"dropout": 0.0, "norm": "group"}, "seed": 7,
                 "optimizer": "sgd", "lr": 0.05, "threads": 1, "amp": "off"}
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps(settings))
-    for name, micro in (("whole", 8), ("parts", 4)):
-        res = cli("train", data, "--out", tmp_path / name, "--config", cfg, "--epochs", "1",
-                  "--micro-batch", micro)
-        assert res.returncode == 0, res.stderr
-    assert "accumulates gradients over passes of about 4" in res.stderr
-    a = weights(tmp_path / "whole" / "last.safetensors")
-    b = weights(tmp_path / "parts" / "last.safetensors")
-    torch.manual_seed(settings["seed"])  # fit() draws the initial weights the same way
-    init = create_model(ModelConfig("xception-tiny", 2, settings["model_options"])).state_dict()
+    a, b, init, err = _whole_and_parts(data, tmp_path, settings, 4)
+    assert "accumulates gradients over passes of about 4" in err
     assert images.close_after_training(a, b, init) == []
     # The tolerance can fail: a step of half the size is far outside it.
     half = {k: init[k] + (v - init[k]) / 2 if v.is_floating_point() else v for k, v in a.items()}
@@ -344,8 +350,6 @@ def test_single_logit_model_trains_with_the_binary_loss(data, tmp_path):
 
 def test_class_weighted_micro_batches_equal_the_full_batch(tmp_path):
     """--class-weights balanced: passes of 3+2+3 give the full batch's weighted mean."""
-    from imgcls.models import ModelConfig, create_model
-
     root = tmp_path / "d"
     images.two_class_tree(root, 15, 40)
     for p in sorted((root / "dog").iterdir())[5:]:
@@ -354,16 +358,7 @@ def test_class_weighted_micro_batches_equal_the_full_batch(tmp_path):
                 "model_options": {"dropout": 0.0, "norm": "group"}, "flip": False,
                 "rotation": 0.0, "optimizer": "sgd", "lr": 0.05, "threads": 1, "amp": "off",
                 "class_weights": "balanced"}
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps(settings))
-    for name, micro in (("whole", 8), ("parts", 3)):
-        res = cli("train", root, "--out", tmp_path / name, "--config", cfg, "--epochs", "1",
-                  "--micro-batch", micro)
-        assert res.returncode == 0, res.stderr
-    torch.manual_seed(7)
-    init = create_model(ModelConfig("xception-tiny", 2, settings["model_options"])).state_dict()
-    a = weights(tmp_path / "whole" / "last.safetensors")
-    b = weights(tmp_path / "parts" / "last.safetensors")
+    a, b, init, _ = _whole_and_parts(root, tmp_path, settings, 3)
     # Weighted sums over 3 passes round a little more than plain ones (1e-2 of each
     # tensor's move); summing each pass's own weighted mean instead is off by ~30%.
     assert images.close_after_training(a, b, init, rel=1e-2) == []

@@ -134,8 +134,11 @@ def run_validation_items(run_dir: Path, class_names: list[str]) -> tuple[list[tu
     opts = ScanOptions(max_pixels=cfg["max_pixels"], cache_dir=cfg.get("cache_dir"), labels=labels)
     record = read_record(run_dir)
     index = scan(cfg["data_dir"], opts)
-    val_opts = opts if labels.startswith("name:") else \
-        ScanOptions(max_pixels=cfg["max_pixels"], cache_dir=cfg.get("cache_dir"))
+    from dataclasses import replace
+
+    from imgcls.labels import val_dir_labels
+
+    val_opts = replace(opts, labels=val_dir_labels(labels))
     val_index = scan(cfg["val_dir"], val_opts) if cfg.get("val_dir") else None
     if record is not None:
         sp, warnings = restore_split(record, index, val_index)

@@ -47,6 +47,12 @@ class LabelSpec:
         return "folders"
 
 
+def val_dir_labels(spec: str) -> str:
+    """The label source of a separate validation folder: the same file-name rule, else
+    class folders (a CSV describes the data folder only)."""
+    return spec if spec.startswith("name:") else "folders"
+
+
 def parse(spec: str | None) -> LabelSpec:
     """`folders`, `name:REGEX` or `csv:FILE[:PATHCOL,LABELCOL]` -> LabelSpec (UserError if bad)."""
     if not spec or spec == "folders":

@@ -237,7 +237,7 @@ class Drift:
                 f"started and are left out: {shown}")
 
 
-def _pinned(index: DatasetIndex, rows: list[list], names: list[str]) -> tuple[list[int], Drift]:
+def _pinned(index: DatasetIndex, rows: list[list]) -> tuple[list[int], Drift]:
     where = {s.path: i for i, s in enumerate(index.samples)}
     keep, drift = [], Drift()
     for path, cls, size, digest in rows:
@@ -260,9 +260,9 @@ def restore_split(record: dict, index: DatasetIndex, val_index: DatasetIndex | N
     if index.class_names != record["class_names"]:
         raise UserError(f"{display(index.root)} now has classes {index.class_names}; the run "
                         f"was started with {record['class_names']}")
-    train_pos, train_drift = _pinned(index, record["train"], record["class_names"])
+    train_pos, train_drift = _pinned(index, record["train"])
     vindex = val_index if val_index is not None else index
-    val_pos, val_drift = _pinned(vindex, record["val"], record["class_names"])
+    val_pos, val_drift = _pinned(vindex, record["val"])
     recorded = {r[0] for r in record["train"]} | ({r[0] for r in record["val"]}
                                                    if val_index is None else set())
     train_drift.added = sum(1 for s in index.samples if s.path not in recorded)

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -46,7 +46,7 @@ from imgcls import distributed as D
 from imgcls.augment import AugmentConfig, augment_batch, to_float
 from imgcls.bnstats import collapse_warning, has_batchnorm, recalibrate
 from imgcls.cache import ImageCache, build_cache
-from imgcls.checkpoint import BEST, LAST, Checkpoint, find_resumable
+from imgcls.checkpoint import LAST, Checkpoint, find_resumable
 from imgcls.config import TrainConfig
 from imgcls.errors import PeerError, UserError
 from imgcls.fsutil import display
@@ -57,6 +57,7 @@ from imgcls.optim import (class_weights, load_optimizer_state, lr_factor, make_o
 from imgcls.preprocess import PreprocessSpec
 from imgcls.runfolder import RunWriter
 from imgcls.runtime import autocast_for, cpu_threads, keep_freed_memory, resolve_device
+from imgcls.labels import val_dir_labels
 from imgcls.scan import DatasetIndex, ScanOptions, report_dict, scan
 from imgcls.split import Split, read_record, restore_split, split_index, split_with_val_dir, write_record
 
@@ -137,9 +138,7 @@ def prepare_data(cfg: TrainConfig, world: D.World, run: Path | None = None,
     opts = ScanOptions(max_pixels=cfg.max_pixels, cache_dir=cfg.cache_dir,
                        progress=None if world.main else False, labels=cfg.labels)
     # A validation folder has class folders, or the same file-name rule; a CSV is the data's.
-    val_opts = opts if cfg.labels.startswith("name:") else \
-        ScanOptions(max_pixels=cfg.max_pixels, cache_dir=cfg.cache_dir,
-                    progress=None if world.main else False)
+    val_opts = replace(opts, labels=val_dir_labels(cfg.labels))
     spec = PreprocessSpec(cfg.image_size, cfg.image_size, resize=cfg.resize)
     record = read_record(run) if resume and run is not None else None
     out = None
@@ -427,8 +426,7 @@ def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world:
                 (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
             step_loss += loss.detach().double()
             sums[1] += (logits.detach().argmax(1) == ys).sum()
-        bad_at = torch.where((bad_at == 0) & ~torch.isfinite(step_loss),
-                             torch.tensor(g + 1.0, dtype=torch.float64, device=device), bad_at)
+        bad_at = torch.where((bad_at == 0) & ~torch.isfinite(step_loss), g + 1.0, bad_at)
         sums[0] += step_loss * n
         if state.scaler is not None:
             state.scaler.step(state.opt)
