@@ -77,3 +77,17 @@ def test_a_collapsed_run_is_named_and_recalibration_prevents_it(tmp_path):
     assert "learnt nothing" not in res.stderr
     hist = [json.loads(x) for x in (tmp_path / "on" / "metrics.jsonl").read_text().splitlines()]
     assert max(h["val_accuracy"] for h in hist) >= 0.8
+
+
+def test_recalibration_is_needed_where_the_running_statistics_trail_an_epoch():
+    from imgcls.bnstats import needs_recalibration
+
+    keras_like = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.01))
+    torch_default = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))  # momentum 0.1
+    cumulative = nn.Sequential(nn.BatchNorm2d(4, momentum=None))
+    assert needs_recalibration(keras_like, 31)  # 100-step memory, 31-step epochs
+    assert not needs_recalibration(keras_like, 200)
+    assert not needs_recalibration(torch_default, 31)
+    assert needs_recalibration(torch_default, 4)  # a 240-photo folder at batch 64
+    assert needs_recalibration(cumulative, 10_000)
+    assert not needs_recalibration(nn.Sequential(nn.Conv2d(3, 4, 3)), 1)

@@ -91,3 +91,19 @@ def test_stopping_early_does_not_hang(cache):
         if i == 2:
             break
     assert len(rows_of(loader)) == 23
+
+
+def test_passes_show_every_image_that_many_times_an_epoch(cache):
+    loader = BatchLoader(cache, cache.rows, 4, seed=7, passes=3)
+    e0 = rows_of(loader)
+    assert len(loader) == -(-23 * 3 // 4) and len(e0) == 69
+    for k in range(3):  # whole passes: each image once in each third, in a fresh order
+        assert sorted(e0[23 * k:23 * (k + 1)]) == list(range(23))
+    assert e0[:23] != e0[23:46]
+    assert rows_of(BatchLoader(cache, cache.rows, 4, seed=7, passes=3)) == e0
+    loader.set_epoch(1)
+    assert rows_of(loader) != e0
+    # Two ranks: together they see each image three times (DDP pads the shards evenly).
+    both = Counter(r for rank in (0, 1) for r in rows_of(
+        BatchLoader(cache, cache.rows, 4, seed=7, passes=3, rank=rank, world_size=2)))
+    assert sum(both.values()) == 70 and min(both.values()) == 3 and max(both.values()) == 4

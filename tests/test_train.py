@@ -397,3 +397,19 @@ def test_preset_auto_picks_the_recipe_by_device(data, tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[0].startswith("Recipe: the cpu preset (--device cpu")
     assert json.loads((run / "config.json").read_text())["preset"] == "cpu"
+
+
+def test_a_small_folder_is_passed_over_several_times_an_epoch(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--epochs", "1", "--epoch-images", "152",
+                 *TINY]) == 0
+    out = capsys.readouterr().out
+    # 38 training photos, 152 images an epoch: 4 whole passes, 19 steps of 8.
+    assert "Each epoch passes 4 times over the 38 training photos (19 steps" in out
+    last = load_checkpoint(run / "last.safetensors")
+    assert last.meta["epoch"] == 1
+    assert json.loads((run / "metrics.jsonl").read_text())["epoch"] == 1
+    from imgcls.train import epoch_passes
+
+    assert [epoch_passes(2048, n) for n in (240, 480, 1600, 2000, 20000)] == [9, 4, 1, 1, 1]
+    assert epoch_passes(0, 10) == 1

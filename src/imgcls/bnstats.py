@@ -22,8 +22,18 @@ from imgcls.augment import to_float
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, _BN) for m in model.modules())
+def needs_recalibration(model: nn.Module, steps_per_epoch: int) -> bool:
+    """Whether some BatchNorm's running statistics reach back further than one epoch: an
+    exponential average with momentum m (PyTorch's convention) weighs about the last 1/m
+    steps, a cumulative one (momentum None) every step since the start. Keras's 0.99 is
+    m = 0.01: 100 steps, 50 epochs of a 245-photo folder at batch 128. PyTorch's default
+    0.1 settles within 10 steps, and re-estimating it then changed nothing measurable
+    (BENCHMARKS.md, small folders) while costing a forward pass over the training set."""
+    for m in model.modules():
+        if isinstance(m, _BN) and m.track_running_stats:
+            if m.momentum is None or 1.0 / max(m.momentum, 1e-9) > steps_per_epoch:
+                return True
+    return False
 
 
 @torch.no_grad()

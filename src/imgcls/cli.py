@@ -192,6 +192,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model", help="network name (`imgcls summary --list` lists them; default: "
                                    "the preset's)")
     m.add_argument("--epochs", type=int, help="default 25")
+    m.add_argument("--epoch-images", dest="epoch_images", type=int, metavar="N",
+                   help="an epoch shows at least about N images: a smaller training set is "
+                        "passed over several whole times an epoch (default 0 = once; the cpu "
+                        "preset 2048)")
     m.add_argument("--batch-size", dest="batch_size", type=int, metavar="N",
                    help="global batch size (default 128; per rank = global / world size)")
     m.add_argument("--micro-batch", dest="micro_batch", type=int, metavar="N",

@@ -33,6 +33,8 @@ class TrainConfig:
     model_options: dict = field(default_factory=dict)  # builder kwargs (widths, dropout)
     # optimisation
     epochs: int = 25
+    epoch_images: int = 0  # images an epoch shows at least: a smaller training set is passed
+    #                        over round(epoch_images / photos) whole times an epoch; 0 = once
     batch_size: int = 128  # global: split evenly across DDP ranks
     micro_batch: int = 0  # images per forward/backward pass (gradients accumulate to
     #                       batch_size); 0 = auto: the largest that fits in free memory
@@ -45,7 +47,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: str = "none"  # "none" or "balanced" (inverse class frequency)
     bn_recalibrate: int = 4096  # images (per rank) that re-estimate BatchNorm statistics
-    #                            before each validation (bnstats.py); 0 = off
+    #                            before each validation, where they trail the weights
+    #                            (bnstats.needs_recalibration); 0 = never
     # augmentation (training only)
     flip: bool = True
     rotation: float = 0.1  # fraction of a full turn (0.1 = +-36 degrees)
@@ -93,6 +96,7 @@ PRESETS: dict[str, dict] = {
     # ResNet at 128 px sees ~80 images/s where the tutorial's network at 180 px sees ~5.
     "cpu": {
         "model": "resnet-cpu", "image_size": 128, "batch_size": 64, "epochs": 36,
+        "epoch_images": 2048,
         "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "schedule": "onecycle",
         "warmup_epochs": 2, "label_smoothing": 0.1, "flip": True, "rotation": 0.05,
         "zoom": 0.15, "translate": 0.1, "brightness": 0.1, "contrast": 0.1, "tta": True,
@@ -117,6 +121,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
          "augmentation strengths must be >= 0"),
         (cfg.keep >= 0 and cfg.patience >= 0, "keep and patience must be >= 0"),
         (cfg.max_per_class >= 0, "max-per-class must be >= 0 (0 = every photo)"),
+        (cfg.epoch_images >= 0, "epoch-images must be >= 0 (0 = one pass over the photos)"),
         (cfg.time_limit >= 0, "time limit must be >= 0 minutes"),
     ]
     import math

@@ -29,12 +29,18 @@ class Batch:
     rows: np.ndarray  # cache rows, for looking up paths (evaluation, top losses)
 
 
-def epoch_order(rows: np.ndarray, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-    """The epoch's order of `rows`: a permutation drawn from (seed, epoch) alone."""
+def epoch_order(rows: np.ndarray, seed: int, epoch: int, shuffle: bool = True,
+                passes: int = 1) -> np.ndarray:
+    """The epoch's order of `rows`: a permutation drawn from (seed, epoch) alone; with
+    passes > 1, that many whole permutations one after another (a small training set seen
+    several times an epoch, each image once per pass)."""
     rows = np.asarray(rows, dtype=np.int64)
     if not shuffle:
-        return rows.copy()
-    return np.random.default_rng([seed, epoch]).permutation(rows)
+        return np.tile(rows, passes)
+    if passes == 1:
+        return np.random.default_rng([seed, epoch]).permutation(rows)
+    rng = np.random.default_rng([seed, epoch, passes])
+    return np.concatenate([rng.permutation(rows) for _ in range(passes)])
 
 
 def shard(order: np.ndarray, rank: int, world_size: int, even: bool) -> np.ndarray:
@@ -58,9 +64,10 @@ class BatchLoader:
     def __init__(self, cache: ImageCache, rows: np.ndarray, batch_size: int, *,
                  shuffle: bool = True, seed: int = 0, drop_last: bool = False,
                  rank: int = 0, world_size: int = 1, even_shards: bool | None = None,
-                 prefetch: int = 3, device: str | torch.device = "cpu"):
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+                 prefetch: int = 3, device: str | torch.device = "cpu", passes: int = 1):
+        if batch_size < 1 or passes < 1:
+            raise ValueError("batch_size and passes must be >= 1")
+        self.passes = passes
         self.cache = cache
         self.rows = np.asarray(rows, dtype=np.int64)
         self.batch_size = batch_size
@@ -79,11 +86,11 @@ class BatchLoader:
 
     def order(self) -> np.ndarray:
         """This rank's rows for the current epoch, in reading order."""
-        order = epoch_order(self.rows, self.seed, self.epoch, self.shuffle)
+        order = epoch_order(self.rows, self.seed, self.epoch, self.shuffle, self.passes)
         return shard(order, self.rank, self.world_size, self.even_shards)
 
     def __len__(self) -> int:
-        n, ws = len(self.rows), self.world_size
+        n, ws = len(self.rows) * self.passes, self.world_size
         if ws > 1:
             n = -(-n // ws) if self.even_shards else len(range(self.rank, n, ws))
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)

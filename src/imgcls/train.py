@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from imgcls import __version__
 from imgcls import distributed as D
 from imgcls.augment import AugmentConfig, augment_batch, to_float
-from imgcls.bnstats import collapse_warning, has_batchnorm, recalibrate
+from imgcls.bnstats import collapse_warning, needs_recalibration, recalibrate
 from imgcls.cache import ImageCache, build_cache
 from imgcls.checkpoint import LAST, Checkpoint, find_resumable
 from imgcls.config import TrainConfig
@@ -231,6 +231,8 @@ class TrainState:
     partial: list[float] | None = None  # that epoch's sums so far: loss, correct, count, seen, s
     resumed: Checkpoint | None = None
     recal_loader: BatchLoader | None = None  # training images for BatchNorm's statistics
+    eval_autocast: Callable | None = None  # validation's precision (inference's: bf16 on a
+    #                                        CPU that computes it natively)
     class_names: list[str] = field(default_factory=list)
     warned_collapse: bool = False
 
@@ -269,9 +271,11 @@ def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: 
         net = torch.compile(net)
 
     per_rank = cfg.batch_size // world.size
-    per_rank_images = -(-len(data.train_rows) // world.size)  # DDP pads shards evenly
+    passes = epoch_passes(cfg.epoch_images, len(data.train_rows))
+    per_rank_images = -(-len(data.train_rows) * passes // world.size)  # DDP pads shards evenly
     train_loader = BatchLoader(data.cache, data.train_rows, per_rank, seed=cfg.seed,
                                rank=world.rank, world_size=world.size, device=device,
+                               passes=passes,
                                # a last batch of one image breaks BatchNorm: drop it
                                drop_last=per_rank_images % per_rank == 1)
     val_loader = BatchLoader(data.val_cache, data.val_rows, per_rank, shuffle=False,
@@ -294,7 +298,8 @@ def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: 
                        torch.Generator(device=device), None if w is None else w.to(device),
                        micro, steps, steps * cfg.epochs, int(round(cfg.warmup_epochs * steps)))
     state.class_names = list(data.index.class_names)
-    if cfg.bn_recalibrate > 0 and has_batchnorm(model):
+    state.eval_autocast = autocast_for(device, cfg.amp, training=False)[0]
+    if cfg.bn_recalibrate > 0 and needs_recalibration(model, steps):
         state.recal_loader = BatchLoader(data.cache, data.train_rows, per_rank, seed=cfg.seed + 1,
                                          rank=world.rank, world_size=world.size, device=device)
     if resumed is not None:
@@ -350,6 +355,13 @@ def _checkpoint(state: TrainState, meta_base: dict, world: D.World, device: torc
 
 
 # ----------------------------------------------------------------------------- one epoch
+
+
+def epoch_passes(epoch_images: int, n_train: int) -> int:
+    """Whole passes over the training set per epoch for `--epoch-images` (0 = one)."""
+    if epoch_images <= 0 or n_train <= 0:
+        return 1
+    return max(1, round(epoch_images / n_train))
 
 
 def _passes(n: int, micro: int) -> list[tuple[int, int]]:
@@ -543,7 +555,10 @@ def _precision_line(device: torch.device, amp: str) -> str:
     if p == "fp32":
         why = ("--amp off" if amp == "off" else "--amp auto trains in float32 on a CPU; "
                "--amp bf16 to train in bf16")
-        return f"float32 ({why})"
+        line = f"float32 ({why})"
+        if precision_for(device.type, amp, training=False) == "bf16":
+            line += "; validation in bf16, which this CPU computes natively"
+        return line
     why = {"auto": "this CPU computes bf16 natively" if device.type == "cpu" else "the GPU's",
            "bf16": "--amp bf16", "fp16": "--amp fp16"}[amp]
     return f"{p} mixed precision, weights in float32 ({why}; --amp off for float32)"
@@ -594,6 +609,10 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
                                "cache": str(data.cache.folder)})
     state, train_loader, val_loader = build_state(cfg, data, device, world, resumed, run)
     _log(world, f"Precision: {_precision_line(device, cfg.amp)}")
+    if train_loader.passes > 1:
+        _log(world, f"Each epoch passes {train_loader.passes} times over the "
+             f"{len(data.train_rows)} training photos ({state.steps} steps; --epoch-images "
+             f"{cfg.epoch_images}: a small folder needs more steps than epochs)")
     if resumed is not None:
         _log(world, f"Resuming {display(run)} from {display(resumed_path.name)}: epoch "
              f"{state.epoch + 1}, step {state.step}/{state.steps}")
@@ -700,7 +719,8 @@ def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_lo
         state.recal_loader.set_epoch(state.epoch)
         recalibrate(state.model, state.recal_loader, cfg.bn_recalibrate, state.micro,
                     state.autocast, world)
-    v = run_validation(state.net, val_loader, world, state.autocast, len(state.class_names))
+    v = run_validation(state.net, val_loader, world, state.eval_autocast or state.autocast,
+                       len(state.class_names))
     s = out.sums.tolist()
     h = {"epoch": state.epoch + 1, "loss": s[0] / max(1.0, s[2]),
          "accuracy": s[1] / max(1.0, s[2]), "val_loss": v.loss, "val_accuracy": v.accuracy,
