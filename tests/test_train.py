@@ -413,3 +413,24 @@ def test_a_small_folder_is_passed_over_several_times_an_epoch(data, tmp_path, ca
 
     assert [epoch_passes(2048, n) for n in (240, 480, 1600, 2000, 20000)] == [9, 4, 1, 1, 1]
     assert epoch_passes(0, 10) == 1
+
+
+def test_mixup_blends_pairs_of_the_batch_and_their_labels(data, tmp_path):
+    from imgcls.train import mixup
+
+    torch.manual_seed(0)
+    x, y = torch.rand(6, 3, 4, 4), torch.tensor([0, 1, 0, 1, 1, 0])
+    assert mixup(x, y, 0.0)[2] == 1.0 and mixup(x, y, 0.0)[0] is x
+    torch.manual_seed(1)
+    mixed, partner, lam = mixup(x, y, 0.4)
+    torch.manual_seed(1)
+    torch.distributions.Beta(0.4, 0.4).sample()
+    perm = torch.randperm(6)
+    assert 0.5 <= lam <= 1.0 and torch.equal(partner, y[perm])
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[perm], atol=1e-6)
+    # A run with mixup still learns the tiny two-class folder.
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--epochs", "6", "--mixup", "0.4",
+                 *TINY]) == 0
+    hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(h["val_accuracy"] for h in hist) >= 0.8

@@ -207,6 +207,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--schedule", choices=CHOICES["schedule"], help="default constant")
     m.add_argument("--warmup-epochs", dest="warmup_epochs", type=float)
     m.add_argument("--label-smoothing", dest="label_smoothing", type=float)
+    m.add_argument("--mixup", type=float, metavar="ALPHA",
+                   help="blend pairs of training images and their labels, weights drawn "
+                        "from Beta(ALPHA, ALPHA) (default 0 = off)")
     m.add_argument("--class-weights", dest="class_weights", choices=CHOICES["class_weights"])
     a = p.add_argument_group("augmentation")
     a.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,

@@ -45,6 +45,7 @@ class TrainConfig:
     schedule: str = "constant"  # "constant", "cosine" or "onecycle"
     warmup_epochs: float = 0.0  # linear warm-up, epochs (fractions allowed)
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha) blend of image pairs; 0 = off
     class_weights: str = "none"  # "none" or "balanced" (inverse class frequency)
     bn_recalibrate: int = 4096  # images (per rank) that re-estimate BatchNorm statistics
     #                            before each validation, where they trail the weights
@@ -117,6 +118,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.lr > 0, "learning rate must be positive"),
         (0 < cfg.val_split < 1 or cfg.val_dir, "val-split must be between 0 and 1"),
         (0 <= cfg.label_smoothing < 1, "label smoothing must be in [0, 1)"),
+        (cfg.mixup >= 0, "mixup must be >= 0 (0 = off)"),
         (cfg.rotation >= 0 and cfg.zoom >= 0 and cfg.translate >= 0,
          "augmentation strengths must be >= 0"),
         (cfg.keep >= 0 and cfg.patience >= 0, "keep and patience must be >= 0"),

@@ -374,6 +374,19 @@ def _passes(n: int, micro: int) -> list[tuple[int, int]]:
     return list(zip(bounds, bounds[1:]))
 
 
+def mixup(x: torch.Tensor, labels: torch.Tensor, alpha: float):
+    """(images, partner labels, weight): mixup (Zhang et al., 2018), one weight per batch
+    drawn from Beta(alpha, alpha), each image blended with another of the same batch; the
+    loss is weight * CE(labels) + (1 - weight) * CE(partner labels). alpha 0: unchanged.
+    Draws from torch's global generator, which each epoch seeds and checkpoints restore."""
+    if alpha <= 0 or len(labels) < 2:
+        return x, labels, 1.0
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    lam = max(lam, 1.0 - lam)  # the batch's own labels stay the larger share
+    perm = torch.randperm(len(labels)).to(labels.device)
+    return x.mul(lam).add_(x[perm], alpha=1.0 - lam), labels[perm], lam
+
+
 def two_logits(logits: torch.Tensor) -> torch.Tensor:
     """A single-logit head z as the logits (0, z): softmax gives (1 - sigmoid z, sigmoid z),
     so cross-entropy on them is exactly the binary cross-entropy of the tutorial's head."""
@@ -419,12 +432,13 @@ def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world:
         if aug_cfg.active:
             x = augment_batch(x, aug_cfg, state.aug_gen)
         n = len(batch.labels)
+        x, partner, lam = mixup(x, batch.labels, cfg.mixup)
         denom = state.weights[batch.labels].sum() if state.weights is not None else n
         state.opt.zero_grad(set_to_none=True)
         parts = _passes(n, state.micro)
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         for j, (lo, hi) in enumerate(parts):
-            xs, ys = x[lo:hi], batch.labels[lo:hi]
+            xs, ys, ys2 = x[lo:hi], batch.labels[lo:hi], partner[lo:hi]
             # DDP: all-reduce gradients once per step, on the last pass only.
             last = j == len(parts) - 1
             sync = nullcontext() if last or not hasattr(state.net, "no_sync") else state.net.no_sync()
@@ -435,9 +449,14 @@ def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world:
                     # the full batch's (weighted) mean, with class weights too.
                     loss = F.cross_entropy(logits, ys, weight=state.weights, reduction="sum",
                                            label_smoothing=cfg.label_smoothing) / denom
+                    if lam < 1.0:
+                        loss = lam * loss + (1 - lam) * F.cross_entropy(
+                            logits, ys2, weight=state.weights, reduction="sum",
+                            label_smoothing=cfg.label_smoothing) / denom
                 (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
             step_loss += loss.detach().double()
-            sums[1] += (logits.detach().argmax(1) == ys).sum()
+            # Accuracy against the label that dominates each mixed image.
+            sums[1] += (logits.detach().argmax(1) == (ys if lam >= 0.5 else ys2)).sum()
         bad_at = torch.where((bad_at == 0) & ~torch.isfinite(step_loss), g + 1.0, bad_at)
         sums[0] += step_loss * n
         if state.scaler is not None:
