@@ -434,3 +434,19 @@ def test_mixup_blends_pairs_of_the_batch_and_their_labels(data, tmp_path):
                  *TINY]) == 0
     hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(h["val_accuracy"] for h in hist) >= 0.8
+
+
+def test_a_time_limit_fits_the_schedule_to_the_epochs_that_fit(data, tmp_path):
+    """Under --time-limit a decaying schedule is re-timed to the epochs the clock allows, so
+    the run ends on its smallest learning rates instead of being cut at a high one."""
+    run = tmp_path / "run"
+    res = cli("train", data, "--out", run, "--epochs", "400", "--schedule", "onecycle",
+              "--time-limit", "0.3", *TINY)
+    assert res.returncode == 0, res.stderr
+    assert "learning-rate schedule now ends with epoch" in res.stdout
+    hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert 2 <= len(hist) < 400
+    # The last epoch ran at the end of the one-cycle: far below the 3e-3 peak.
+    assert hist[-1]["lr"] < 0.1 * 3e-3, [h["lr"] for h in hist]
+    last = load_checkpoint(run / "last.safetensors")
+    assert last.train_meta["schedule_epochs"] == len(hist)

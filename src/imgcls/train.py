@@ -235,6 +235,11 @@ class TrainState:
     #                                        CPU that computes it natively)
     class_names: list[str] = field(default_factory=list)
     warned_collapse: bool = False
+    epochs: int = 0  # epochs the schedule runs over: cfg.epochs, or fewer under --time-limit
+    paces: list[float] = field(default_factory=list)  # seconds of each epoch this process ran
+
+    def plan(self, epochs: int) -> None:
+        self.epochs, self.total_steps = epochs, self.steps * epochs
 
 
 def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: D.World,
@@ -298,6 +303,7 @@ def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: 
                        torch.Generator(device=device), None if w is None else w.to(device),
                        micro, steps, steps * cfg.epochs, int(round(cfg.warmup_epochs * steps)))
     state.class_names = list(data.index.class_names)
+    state.epochs = cfg.epochs
     state.eval_autocast = autocast_for(device, cfg.amp, training=False)[0]
     if cfg.bn_recalibrate > 0 and needs_recalibration(model, steps):
         state.recal_loader = BatchLoader(data.cache, data.train_rows, per_rank, seed=cfg.seed + 1,
@@ -324,6 +330,9 @@ def _restore(state: TrainState, ckpt: Checkpoint, cfg: TrainConfig, world: D.Wor
     state.history, state.best, state.bad_epochs = tm["history"], tm["best"], tm["bad_epochs"]
     state.resumed = ckpt
     old_epochs = ckpt.meta.get("config", {}).get("epochs", cfg.epochs)
+    fitted = tm.get("schedule_epochs")
+    if fitted and old_epochs == cfg.epochs and cfg.time_limit:
+        state.plan(min(cfg.epochs, max(fitted, state.epoch + 1)))
     if old_epochs != cfg.epochs and cfg.schedule != "constant":
         g = state.epoch * state.steps + state.step
         now = cfg.lr * lr_factor(g, state.steps * old_epochs, state.warmup, cfg.schedule)
@@ -347,7 +356,7 @@ def _checkpoint(state: TrainState, meta_base: dict, world: D.World, device: torc
         train_meta = {"optimizer": om, "epoch": epoch_done, "step": step_done,
                       "history": state.history, "best": state.best,
                       "bad_epochs": state.bad_epochs, "world_size": world.size,
-                      "partial": partial,
+                      "partial": partial, "schedule_epochs": state.epochs,
                       "scaler": state.scaler.state_dict() if state.scaler is not None else None}
     return Checkpoint(state.model.state_dict(), dict(meta_base, epoch=epoch_done,
                                                      step=step_done, metrics=metrics),
@@ -528,12 +537,36 @@ def epoch_stops(cfg: TrainConfig, state: TrainState, h: dict, stop: _StopFlag,
                 world: D.World, device: torch.device) -> dict:
     """The stop rules after an epoch, agreed by every rank (each rank's clock and signals
     may differ; the validation metrics are already the same everywhere)."""
-    out_of_time = bool(cfg.time_limit and state.epoch + 1 < cfg.epochs and
+    out_of_time = bool(cfg.time_limit and state.epoch + 1 < state.epochs and
                        h["elapsed_s"] + h["seconds"] > cfg.time_limit * 60)
     patience = bool(cfg.patience and state.bad_epochs >= cfg.patience)
+    fit = epochs_that_fit(cfg, state, h)
+    # max of -fit: the fewest epochs any rank's clock allows.
     return D.agree(world, device, signal=stop.signal is not None, time=out_of_time,
-                   patience=patience,
+                   patience=patience, fit=-fit,
                    nonfinite=not (math.isfinite(h["val_loss"]) and math.isfinite(h["loss"])))
+
+
+def _refit_schedule(cfg: TrainConfig, state: TrainState, fit: int, world: D.World) -> None:
+    if fit >= state.epochs:
+        return
+    if fit <= state.epochs - 2 or state.epochs == cfg.epochs:  # small drifts quietly
+        _log(world, f"Time limit: at this pace {fit} epochs fit in {cfg.time_limit:g} minutes; "
+             f"the {cfg.schedule} learning-rate schedule now ends with epoch {fit} (was "
+             f"{state.epochs})")
+    state.plan(fit)
+
+
+def epochs_that_fit(cfg: TrainConfig, state: TrainState, h: dict) -> int:
+    """The epochs the learning-rate schedule should run over: under --time-limit with a
+    decaying schedule, as many as the time left allows at this run's pace so far (never more
+    than planned), so the run still ends on the schedule's small final rates instead of
+    being cut at a high one; otherwise the plan."""
+    if not cfg.time_limit or cfg.schedule == "constant":
+        return state.epochs
+    per_epoch = float(np.median(state.paces or [h["seconds"]]))
+    left = cfg.time_limit * 60 - h["elapsed_s"]
+    return max(state.epoch + 1, min(state.epochs, state.epoch + 1 + int(left // per_epoch)))
 
 
 # ----------------------------------------------------------------------------- fit
@@ -655,12 +688,13 @@ def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWr
     tb = _tensorboard(run) if world.main else None
     first = state.epoch
     try:
-        for epoch in range(first, cfg.epochs):
+        epoch = first
+        while epoch < state.epochs:
             state.epoch = epoch
             mid = epoch == first and state.step > 0
             train_loader.set_epoch(epoch, state.step if mid else 0)
             _seed_epoch(state, cfg, world, device, epoch, mid)
-            bar = _bar(world, state.steps, epoch, cfg.epochs, state.step if mid else 0)
+            bar = _bar(world, state.steps, epoch, state.epochs, state.step if mid else 0)
             hint = ((lambda s, k: _cpu_hint(cfg, state.steps, s, k))
                     if epoch == first and device.type == "cpu" and world.main else None)
             out = train_epoch(state, cfg, train_loader, world, device, stop,
@@ -691,6 +725,7 @@ def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWr
             if decision["nonfinite"]:  # never save, nor call best, a model that outputs NaN
                 _stop_everywhere(world, _diverged_message(
                     cfg, (epoch + 1) * state.steps, state.steps, run, last_saved))
+            _refit_schedule(cfg, state, int(-decision["fit"]), world)
             _save_epoch(cfg, state, h, improved, writer, meta_base, world, device, tb)
             if decision["signal"]:
                 result.interrupted = True
@@ -707,6 +742,7 @@ def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWr
                      f"epochs (best {state.best:.4f} at epoch {result.best_epoch}).")
                 break
             D.barrier(world)
+            epoch += 1
     finally:
         if tb is not None:
             tb.close()
@@ -747,11 +783,12 @@ def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_lo
          "images_per_s": out.seen * world.size / max(out.seconds, 1e-9),
          "seconds": out.seconds + time.perf_counter() - t_val,
          "elapsed_s": time.perf_counter() - started}
+    state.paces.append(h["seconds"])
     warning = collapse_warning(v.pred_counts, v.true_counts, v.accuracy, h["accuracy"],
                                state.class_names, state.epoch + 1)
     if warning:
         h["collapsed"] = True
-        if not state.warned_collapse or state.epoch + 1 == cfg.epochs:
+        if not state.warned_collapse or state.epoch + 1 == state.epochs:
             _log(world, f"imgcls: warning: {warning}", file=sys.stderr)
             state.warned_collapse = True
     if world.active:
@@ -785,7 +822,7 @@ def _save_epoch(cfg: TrainConfig, state: TrainState, h: dict, improved: bool,
             for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s"):
                 tb.add_scalar(k, h[k], state.epoch + 1)
             tb.flush()
-    _log(world, _epoch_line(h, cfg.epochs))
+    _log(world, _epoch_line(h, state.epochs))
 
 
 def _epoch_line(h: dict, epochs: int) -> str:
