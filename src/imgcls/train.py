@@ -548,9 +548,9 @@ def epoch_stops(cfg: TrainConfig, state: TrainState, h: dict, stop: _StopFlag,
 
 
 def _refit_schedule(cfg: TrainConfig, state: TrainState, fit: int, world: D.World) -> None:
-    if fit >= state.epochs:
+    if fit == state.epochs:
         return
-    if fit <= state.epochs - 2 or state.epochs == cfg.epochs:  # small drifts quietly
+    if abs(fit - state.epochs) >= 2 or state.epochs == cfg.epochs:  # small drifts quietly
         _log(world, f"Time limit: at this pace {fit} epochs fit in {cfg.time_limit:g} minutes; "
              f"the {cfg.schedule} learning-rate schedule now ends with epoch {fit} (was "
              f"{state.epochs})")
@@ -566,7 +566,9 @@ def epochs_that_fit(cfg: TrainConfig, state: TrainState, h: dict) -> int:
         return state.epochs
     per_epoch = float(np.median(state.paces or [h["seconds"]]))
     left = cfg.time_limit * 60 - h["elapsed_s"]
-    return max(state.epoch + 1, min(state.epochs, state.epoch + 1 + int(left // per_epoch)))
+    # Up to cfg.epochs, not just the current plan: a first epoch slowed by warm-up may have
+    # planned too few.
+    return max(state.epoch + 1, min(cfg.epochs, state.epoch + 1 + int(left // per_epoch)))
 
 
 # ----------------------------------------------------------------------------- fit
