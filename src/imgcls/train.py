@@ -776,7 +776,7 @@ def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_lo
         state.recal_loader.set_epoch(state.epoch)
         recalibrate(state.model, state.recal_loader, cfg.bn_recalibrate, state.micro,
                     state.autocast, world)
-    v = run_validation(state.net, val_loader, world, state.eval_autocast or state.autocast,
+    v = run_validation(state.net, val_loader, world, state.eval_autocast,
                        len(state.class_names))
     s = out.sums.tolist()
     h = {"epoch": state.epoch + 1, "loss": s[0] / max(1.0, s[2]),
