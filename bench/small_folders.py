@@ -36,6 +36,7 @@ DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "
 
 def small_folder(src: Path, dst: Path, n: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
+    src = src.resolve()  # the links must point at absolute paths, whatever --data looked like
     for cls in sorted(p.name for p in src.iterdir() if p.is_dir()):
         files = sorted((src / cls).iterdir())
         (dst / cls).mkdir(parents=True)
