@@ -3,8 +3,8 @@
 #   1. `imgcls train` with its defaults on catsdogs (train/ + val/), then `imgcls evaluate` and
 #      `imgcls predict` through the CLI: the CUDA path end to end, and the recipe it picks;
 #   2. the tutorial's recipe (what `--preset auto` picks on a GPU) on small real folders,
-#      120 and 240 photos per class, 25 epochs, BatchNorm re-estimation on and off
-#      (bench/small_folders.py);
+#      120 and 240 photos per class, 25 epochs, BatchNorm re-estimation on and off, then
+#      with small sets passed over several times an epoch (bench/small_folders.py);
 #   3. seed-network training speed (bench/train_speed.py);
 #   4. `torchrun -m imgcls train` with NCCL at world size 1 (bench/ddp_nccl.py);
 #   5. the speed again with torch.compile (last: compiling may take minutes).
@@ -42,6 +42,9 @@ cp "$WORK/run/metrics.jsonl" "$LOG/train_metrics.jsonl"
 step "2. tutorial recipe on small folders"
 timeout 200 "$PY" bench/small_folders.py --data "$DATA" --sizes $SIZES --presets tutorial \
     $SMALL_EPOCHS --recal on off 2>&1 | tee "$LOG/small_folders.log"
+# what `--preset auto` adds on a GPU: small sets passed over several times an epoch
+timeout 120 "$PY" bench/small_folders.py --data "$DATA" --sizes $SIZES --presets tutorial \
+    $SMALL_EPOCHS --recal on --set epoch_images=2048 2>&1 | tee -a "$LOG/small_folders.log"
 
 DEV=$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 step "3. seed-network speed, eager"

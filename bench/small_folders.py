@@ -1,7 +1,7 @@
 """Small real folders: does a recipe learn, or collapse to one class, with few photos?
 
     .venv/bin/python bench/small_folders.py [--sizes 120 240] [--presets cpu] [--epochs N]
-        [--recal on off] [--out DIR] [key=value ...]
+        [--recal on off] [--out DIR] [--set KEY=VALUE ...]
 
 Builds class folders of N photos per class from catsdogs/train (a seeded sample, as links:
 nothing is copied or changed), validates on all of catsdogs/val (2,000 photos), and trains
@@ -55,7 +55,8 @@ def main() -> None:
                          "rule), off (bn_recalibrate=0), or both")
     ap.add_argument("--epochs", type=int, default=0, help="0 = the preset's")
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temp folder)")
-    ap.add_argument("overrides", nargs="*", help="key=value settings for every run")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a TrainConfig setting for every run (repeat the flag for several)")
     args = ap.parse_args()
     data = Path(args.data)
     extra = {}

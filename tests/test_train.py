@@ -391,6 +391,11 @@ def test_preset_auto_picks_the_recipe_by_device(data, tmp_path):
     assert resolve({"device": "cuda"}, "auto").preset == "tutorial"
     assert resolve({"device": "cuda"}, "auto").model == "xception"
     assert resolve({}, "tutorial").model == "xception"  # the tutorial, as it always was
+    # On a GPU, auto also passes a small training set over several times an epoch; the
+    # tutorial preset named outright stays the tutorial's one pass.
+    assert resolve({"device": "cuda"}, "auto").epoch_images > 0
+    assert resolve({}, "tutorial").epoch_images == 0
+    assert resolve({"device": "cuda", "epoch_images": 0}, "auto").epoch_images == 0
     run = tmp_path / "run"
     res = cli("train", data, "--out", run, "--epochs", "1", "--image-size", "32",
               "--device", "cpu")

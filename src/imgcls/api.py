@@ -109,7 +109,9 @@ def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = N
         if preset == "auto" and os.environ.get("RANK", "0") == "0":
             from imgcls.config import auto_preset
 
-            print(f"Recipe: the {cfg.preset} preset ({auto_preset(cfg.device)[1]}; "
+            fitted = (f", each epoch showing at least {cfg.epoch_images} images"
+                      if cfg.preset == "tutorial" and cfg.epoch_images else "")
+            print(f"Recipe: the {cfg.preset} preset{fitted} ({auto_preset(cfg.device)[1]}; "
                   "--preset tutorial or cpu to choose)", flush=True)
         out = Path(out or f"runs/{Path(cfg.data_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}")
         _check_run_folder(out, cfg)
