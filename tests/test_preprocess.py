@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,11 +16,32 @@ def spec(**kw):
     return PreprocessSpec(height=24, width=32, **kw)
 
 
-def test_stretch_is_pillow_bilinear_resize_of_the_rgb_image(tmp_path):
-    arr = images.pattern(64, 48, 1)
+def test_stretch_is_pillow_bilinear_resize_of_the_rgb_image(tmp_path, monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # as on the ONNX Runtime path
+    arr = images.pattern(67, 45, 1)
     p = images.save(tmp_path / "x.png", arr)
     want = np.asarray(Image.fromarray(arr).resize((32, 24), Image.Resampling.BILINEAR))
     assert np.array_equal(load_image(p, spec()), want)
+
+
+@pytest.mark.parametrize("w,h,tw,th", [(67, 45, 32, 24), (250, 187, 180, 180), (31, 17, 64, 48),
+                                       (640, 480, 90, 120)])
+def test_torch_resize_stays_within_one_grey_level_of_pillow(w, h, tw, th):
+    import torch  # noqa: F401  (loaded: load_image resizes with PyTorch's kernel)
+
+    rng = np.random.default_rng(w)
+    # a smooth picture plus noise: edges and texture, as in a photo
+    arr = np.clip(images.pattern(w, h, 3).astype(int) + rng.integers(-40, 40, (h, w, 3)),
+                  0, 255).astype(np.uint8)
+    img = Image.fromarray(arr)
+    want = np.asarray(img.resize((tw, th), Image.Resampling.BILINEAR)).astype(int)
+    from imgcls.preprocess import _torch_stretch
+
+    assert _torch_stretch(img, PreprocessSpec(th, tw)) is not None  # the path under test ran
+    got = load_image(img, PreprocessSpec(th, tw))
+    assert got.shape == (th, tw, 3) and got.dtype == np.uint8 and got.flags["C_CONTIGUOUS"]
+    diff = np.abs(got.astype(int) - want)
+    assert diff.max() <= 1 and diff.mean() < 0.1
 
 
 @pytest.mark.parametrize("mode", ["L", "CMYK", "P", "1", "RGBA", "LA", "I;16", "I", "F"])

@@ -2,7 +2,8 @@
 
 Owns PreprocessSpec (stored with every cache and checkpoint, so training and prediction can
 never prepare an image differently) and `load_image`, which turns any file Pillow decodes
-into an (H, W, 3) uint8 RGB array of the spec's size. Depends on Pillow and NumPy only.
+into an (H, W, 3) uint8 RGB array of the spec's size. Depends on Pillow and NumPy; uses
+PyTorch's resize kernel where torch is already loaded (see _torch_stretch).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 from typing import BinaryIO, Union
@@ -148,6 +150,27 @@ def resize(im: Image.Image, spec: PreprocessSpec) -> Image.Image:
     return ImageOps.pad(im, (tw, th), resample, color=tuple(spec.fill))
 
 
+def _torch_stretch(im: Image.Image, spec: PreprocessSpec) -> np.ndarray | None:
+    """The stretch + antialiased bilinear resize through PyTorch's uint8 kernel, or None.
+
+    PyTorch's antialiased bilinear resize reproduces Pillow's filter (max 1 grey level off,
+    mean 0.03, tests/test_preprocess.py) in about 40% of the time (0.23 vs 0.57 ms for a
+    catsdogs photo), which is most of what building the cache costs after decoding. Used only
+    where torch is already imported, so the ONNX Runtime path never loads it: there Pillow
+    resizes, within that one grey level.
+    """
+    torch = sys.modules.get("torch")
+    th, tw = spec.size
+    if (torch is None or spec.resize != "stretch" or spec.interpolation != "bilinear"
+            or im.mode != "RGB" or im.size == (tw, th)):
+        return None
+    # np.array, not asarray: torch wants a writable buffer (a 10 us copy)
+    x = torch.from_numpy(np.array(im)).permute(2, 0, 1).unsqueeze(0)  # HWC: channels_last
+    y = torch.nn.functional.interpolate(x, size=(th, tw), mode="bilinear", antialias=True,
+                                        align_corners=False)
+    return np.ascontiguousarray(y[0].permute(1, 2, 0).numpy())
+
+
 def load_image(source: Source, spec: PreprocessSpec,
                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode, orient (Exif), convert to RGB and resize: -> (height, width, 3) uint8.
@@ -170,8 +193,10 @@ def load_image(source: Source, spec: PreprocessSpec,
                     im = ImageOps.exif_transpose(im)
                 except Exception:
                     pass  # unusable orientation data: keep the pixels as stored
-            out = resize(to_rgb(im, spec.background), spec)
-            arr = np.asarray(out, dtype=np.uint8)
+            rgb = to_rgb(im, spec.background)
+            arr = _torch_stretch(rgb, spec)
+            if arr is None:
+                arr = np.asarray(resize(rgb, spec), dtype=np.uint8)
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError,
