@@ -441,6 +441,24 @@ def test_mixup_blends_pairs_of_the_batch_and_their_labels(data, tmp_path):
     assert max(h["val_accuracy"] for h in hist) >= 0.8
 
 
+def test_mixup_auto_blends_only_a_small_set_passed_over_several_times(data, tmp_path, capsys):
+    from imgcls.config import resolve
+    from imgcls.train import AUTO_MIXUP, MIXUP_MIN_PASSES, mixup_alpha
+
+    assert resolve({}, "cpu").mixup == -1 and resolve({}, "tutorial").mixup == 0
+    assert resolve({"mixup": "auto"}).mixup == -1  # as a config file writes it
+    assert mixup_alpha(-1, MIXUP_MIN_PASSES) == AUTO_MIXUP
+    assert mixup_alpha(-1, MIXUP_MIN_PASSES - 1) == 0.0  # a big set: no mixup
+    assert mixup_alpha(0.0, 9) == 0.0 and mixup_alpha(0.4, 1) == 0.4  # an explicit alpha rules
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--epochs", "1", "--epoch-images", "152",
+                 "--mixup", "auto", *TINY]) == 0
+    assert f"with mixup (alpha {AUTO_MIXUP:g}; --mixup 0 for none)" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["mixup"] == -1
+    res = cli("train", data, "--out", tmp_path / "bad", "--mixup", "lots", *TINY)
+    assert res.returncode == 2 and "a number or auto, not 'lots'" in res.stderr
+
+
 def test_a_time_limit_fits_the_schedule_to_the_epochs_that_fit(data, tmp_path):
     """Under --time-limit a decaying schedule is re-timed to the epochs the clock allows, so
     the run ends on its smallest learning rates instead of being cut at a high one."""

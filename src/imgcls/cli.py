@@ -170,6 +170,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _mixup_alpha(text: str) -> float:
+    if text == "auto":
+        return -1.0
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or auto, not {text!r}") from None
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     from imgcls.config import CHOICES, PRESETS
 
@@ -207,9 +216,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--schedule", choices=CHOICES["schedule"], help="default constant")
     m.add_argument("--warmup-epochs", dest="warmup_epochs", type=float)
     m.add_argument("--label-smoothing", dest="label_smoothing", type=float)
-    m.add_argument("--mixup", type=float, metavar="ALPHA",
+    m.add_argument("--mixup", type=_mixup_alpha, metavar="ALPHA",
                    help="blend pairs of training images and their labels, weights drawn "
-                        "from Beta(ALPHA, ALPHA) (default 0 = off)")
+                        "from Beta(ALPHA, ALPHA): a number, 0 = off (the default), or auto "
+                        "(the cpu preset's: 1.0 where a small training set is passed over "
+                        "4 or more times an epoch, else off)")
     m.add_argument("--class-weights", dest="class_weights", choices=CHOICES["class_weights"])
     a = p.add_argument_group("augmentation")
     a.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,

@@ -45,7 +45,9 @@ class TrainConfig:
     schedule: str = "constant"  # "constant", "cosine" or "onecycle"
     warmup_epochs: float = 0.0  # linear warm-up, epochs (fractions allowed)
     label_smoothing: float = 0.0
-    mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha) blend of image pairs; 0 = off
+    mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha) blend of image pairs; 0 = off;
+    #                     -1 = auto: train.AUTO_MIXUP where a small training set is passed
+    #                     over several times an epoch (--epoch-images), else off
     class_weights: str = "none"  # "none" or "balanced" (inverse class frequency)
     bn_recalibrate: int = 4096  # images (per rank) that re-estimate BatchNorm statistics
     #                            before each validation, where they trail the weights
@@ -97,7 +99,7 @@ PRESETS: dict[str, dict] = {
     # ResNet at 128 px sees ~80 images/s where the tutorial's network at 180 px sees ~5.
     "cpu": {
         "model": "resnet-cpu", "image_size": 128, "batch_size": 64, "epochs": 36,
-        "epoch_images": 2048,
+        "epoch_images": 2048, "mixup": -1,
         "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "schedule": "onecycle",
         "warmup_epochs": 2, "label_smoothing": 0.1, "flip": True, "rotation": 0.05,
         "zoom": 0.15, "translate": 0.1, "brightness": 0.1, "contrast": 0.1, "tta": True,
@@ -125,7 +127,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.lr > 0, "learning rate must be positive"),
         (0 < cfg.val_split < 1 or cfg.val_dir, "val-split must be between 0 and 1"),
         (0 <= cfg.label_smoothing < 1, "label smoothing must be in [0, 1)"),
-        (cfg.mixup >= 0, "mixup must be >= 0 (0 = off)"),
+        (cfg.mixup >= 0 or cfg.mixup == -1, "mixup must be >= 0 (0 = off) or auto"),
         (cfg.rotation >= 0 and cfg.zoom >= 0 and cfg.translate >= 0,
          "augmentation strengths must be >= 0"),
         (cfg.keep >= 0 and cfg.patience >= 0, "keep and patience must be >= 0"),
@@ -210,6 +212,8 @@ def resolve(overrides: dict, preset: str | None = None, config_file: str | None 
     if config_file:
         values.update(load_file(config_file))
     values.update({k: v for k, v in check_keys(overrides, "flags").items() if v is not None})
+    if values.get("mixup") == "auto":  # as a config file may say it
+        values["mixup"] = -1.0
     if values.get("data_dir"):
         values["data_dir"] = os.path.abspath(os.path.expanduser(values["data_dir"]))
     if values.get("val_dir"):
