@@ -94,7 +94,8 @@ def png16(path, w=40, h=30) -> Path:
 def two_class_tree(root, n_per_class: int = 16, size: int = 40, classes=("cat", "dog")) -> Path:
     """A small learnable data set: each class has its own dominant colour, plus noise."""
     root = Path(root)
-    tints = [(200, 60, 60), (60, 60, 200), (60, 200, 60), (200, 200, 60)]
+    tints = [(200, 60, 60), (60, 60, 200), (60, 200, 60), (200, 200, 60), (60, 200, 200),
+             (200, 60, 200)]
     for c, name in enumerate(classes):
         for i in range(n_per_class):
             arr = pattern(size, size, seed=1000 * c + i).astype(np.int16) // 3

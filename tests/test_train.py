@@ -459,6 +459,23 @@ def test_mixup_auto_blends_only_a_small_set_passed_over_several_times(data, tmp_
     assert res.returncode == 2 and "a number or auto, not 'lots'" in res.stderr
 
 
+def test_the_cpu_recipe_learns_five_classes_with_passes_and_mixup(tmp_path, capsys):
+    """The cpu preset as a CPU user gets it (epoch passes, mixup auto) on five classes."""
+    five = images.two_class_tree(tmp_path / "five", 16, 40, classes=("a", "b", "c", "d", "e"))
+    run = tmp_path / "run"
+    assert main(["train", str(five), "--out", str(run), "--preset", "cpu", "--image-size", "32",
+                 "--batch-size", "16", "--epochs", "6", "--epoch-images", "256", "--threads", "2",
+                 "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "Found 80 files belonging to 5 classes." in out and "with mixup (alpha 1" in out
+    hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(h["val_accuracy"] for h in hist) >= 0.6  # chance is 0.2
+    assert main(["predict", str(run), str(five / "c" / "c.0.jpg"), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)[0]
+    assert answer["class"] == "c" and len(answer["probabilities"]) == 5
+    assert abs(sum(answer["probabilities"].values()) - 1) < 1e-3
+
+
 def test_a_time_limit_fits_the_schedule_to_the_epochs_that_fit(data, tmp_path):
     """Under --time-limit a decaying schedule is re-timed to the epochs the clock allows, so
     the run ends on its smallest learning rates instead of being cut at a high one."""
