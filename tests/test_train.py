@@ -365,7 +365,7 @@ def test_class_weighted_micro_batches_equal_the_full_batch(tmp_path):
 
 
 def test_passes_never_leave_a_single_image():
-    from imgcls.train import _passes
+    from imgcls.epoch import _passes
 
     for n in range(2, 40):
         for micro in range(2, 12):
@@ -414,14 +414,14 @@ def test_a_small_folder_is_passed_over_several_times_an_epoch(data, tmp_path, ca
     last = load_checkpoint(run / "last.safetensors")
     assert last.meta["epoch"] == 1
     assert json.loads((run / "metrics.jsonl").read_text())["epoch"] == 1
-    from imgcls.train import epoch_passes
+    from imgcls.epoch import epoch_passes
 
     assert [epoch_passes(2048, n) for n in (240, 480, 1600, 2000, 20000)] == [9, 4, 1, 1, 1]
     assert epoch_passes(0, 10) == 1
 
 
 def test_mixup_blends_pairs_of_the_batch_and_their_labels(data, tmp_path):
-    from imgcls.train import mixup
+    from imgcls.epoch import mixup
 
     torch.manual_seed(0)
     x, y = torch.rand(6, 3, 4, 4), torch.tensor([0, 1, 0, 1, 1, 0])
@@ -443,7 +443,7 @@ def test_mixup_blends_pairs_of_the_batch_and_their_labels(data, tmp_path):
 
 def test_mixup_auto_blends_only_a_small_set_passed_over_several_times(data, tmp_path, capsys):
     from imgcls.config import resolve
-    from imgcls.train import AUTO_MIXUP, MIXUP_MIN_PASSES, mixup_alpha
+    from imgcls.epoch import AUTO_MIXUP, MIXUP_MIN_PASSES, mixup_alpha
 
     assert resolve({}, "cpu").mixup == -1 and resolve({}, "tutorial").mixup == 0
     assert resolve({"mixup": "auto"}).mixup == -1  # as a config file writes it

@@ -1,0 +1,202 @@
+"""One epoch: the optimizer steps over a training epoch, and one validation pass.
+
+Owns how a step is taken (micro-batches that add up to the batch, mixup, class weights,
+gradient scaling, DDP's single all-reduce per step), how often the ranks agree on stopping,
+how many passes over a small training set an epoch makes, and the validation sums that
+every rank ends up sharing. The run around it (data, state, checkpoints, stop rules) is
+train.py's.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from imgcls import distributed as D
+from imgcls.augment import AugmentConfig, augment_batch, to_float
+from imgcls.config import TrainConfig
+from imgcls.loader import BatchLoader
+from imgcls.optim import lr_factor
+
+if TYPE_CHECKING:
+    from imgcls.train import TrainState, _StopFlag
+
+
+def epoch_passes(epoch_images: int, n_train: int) -> int:
+    """Whole passes over the training set per epoch for `--epoch-images` (0 = one)."""
+    if epoch_images <= 0 or n_train <= 0:
+        return 1
+    return max(1, round(epoch_images / n_train))
+
+
+# mixup's alpha under `--mixup auto` (the cpu preset) when an epoch passes over the training
+# set at least MIXUP_MIN_PASSES times, i.e. up to ~500 photos at --epoch-images 2048. Measured
+# with the cpu preset on catsdogs (BENCHMARKS.md, small folders): +2.5 points at 120 photos
+# per class (9 passes), +2.8 at 240 (4 passes), and -1.9 at 1,000 per class (one pass),
+# where it slows learning within 40 epochs.
+AUTO_MIXUP, MIXUP_MIN_PASSES = 1.0, 4
+
+
+def mixup_alpha(setting: float, passes: int) -> float:
+    """The alpha a run uses: the setting, or for auto (-1) AUTO_MIXUP on a small set."""
+    if setting >= 0:
+        return setting
+    return AUTO_MIXUP if passes >= MIXUP_MIN_PASSES else 0.0
+
+
+def _passes(n: int, micro: int) -> list[tuple[int, int]]:
+    """Split a batch of n into about n / micro passes of near-equal size: never a pass of
+    one image unless micro is 1 (BatchNorm on a single image is noise, or an error)."""
+    k = -(-n // max(1, micro))
+    if micro > 1 and k > 1 and n // k < 2:
+        k = max(1, n // 2)  # passes of 2 or 3: one image over the memory estimate at most
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return list(zip(bounds, bounds[1:]))
+
+
+def mixup(x: torch.Tensor, labels: torch.Tensor, alpha: float):
+    """(images, partner labels, weight): mixup (Zhang et al., 2018), one weight per batch
+    drawn from Beta(alpha, alpha), each image blended with another of the same batch; the
+    loss is weight * CE(labels) + (1 - weight) * CE(partner labels). alpha 0: unchanged.
+    Draws from torch's global generator, which each epoch seeds and checkpoints restore."""
+    if alpha <= 0 or len(labels) < 2:
+        return x, labels, 1.0
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    lam = max(lam, 1.0 - lam)  # the batch's own labels stay the larger share
+    perm = torch.randperm(len(labels)).to(labels.device)
+    return x.mul(lam).add_(x[perm], alpha=1.0 - lam), labels[perm], lam
+
+
+def two_logits(logits: torch.Tensor) -> torch.Tensor:
+    """A single-logit head z as the logits (0, z): softmax gives (1 - sigmoid z, sigmoid z),
+    so cross-entropy on them is exactly the binary cross-entropy of the tutorial's head."""
+    if logits.shape[1] == 1:
+        return torch.cat([torch.zeros_like(logits), logits], 1)
+    return logits
+
+
+@dataclass
+class EpochOutcome:
+    sums: torch.Tensor  # loss * images, correct, images (float64, this rank)
+    seen: int
+    seconds: float
+    step: int  # steps done
+    stop: dict  # the agreed flags at the last agreement
+
+
+def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world: D.World,
+                device: torch.device, stop: _StopFlag, start_step: int, bar=None,
+                hint: Callable | None = None) -> EpochOutcome:
+    """Optimizer steps over one epoch (from start_step). Every `check` steps and at the
+    epoch's last step the ranks agree on whether to stop (signal or non-finite loss)."""
+    state.net.train()
+    aug_cfg = AugmentConfig(cfg.flip, cfg.rotation, cfg.zoom, cfg.translate, cfg.brightness,
+                            cfg.contrast)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    seen, seconds = 0, 0.0
+    if state.partial:  # the interrupted epoch's sums over all ranks: counted once, on rank 0
+        if world.main:
+            sums += torch.tensor(state.partial[:3], dtype=torch.float64, device=device)
+        seen, seconds = int(state.partial[3]) // world.size, float(state.partial[4])
+    # The first non-finite loss's global step + 1 (0 = none): kept on the device so a GPU
+    # never waits for it between agreements.
+    bad_at = torch.zeros((), dtype=torch.float64, device=device)
+    # On one CPU process every step is checked (free); elsewhere every 8 (a sync each).
+    check = 1 if not world.active and device.type == "cpu" else 8
+    t0, step, flags = time.perf_counter(), start_step, {}
+    for batch in loader:
+        g = state.epoch * state.steps + step
+        for group in state.opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(g, state.total_steps, state.warmup, cfg.schedule)
+        x = to_float(batch.images)
+        if aug_cfg.active:
+            x = augment_batch(x, aug_cfg, state.aug_gen)
+        n = len(batch.labels)
+        x, partner, lam = mixup(x, batch.labels, state.mixup)
+        denom = state.weights[batch.labels].sum() if state.weights is not None else n
+        state.opt.zero_grad(set_to_none=True)
+        parts = _passes(n, state.micro)
+        step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        for j, (lo, hi) in enumerate(parts):
+            xs, ys, ys2 = x[lo:hi], batch.labels[lo:hi], partner[lo:hi]
+            # DDP: all-reduce gradients once per step, on the last pass only.
+            last = j == len(parts) - 1
+            sync = nullcontext() if last or not hasattr(state.net, "no_sync") else state.net.no_sync()
+            with sync:
+                with state.autocast():
+                    logits = two_logits(state.net(xs).float())
+                    # A sum over the pass over the whole batch's weight: passes add up to
+                    # the full batch's (weighted) mean, with class weights too.
+                    loss = F.cross_entropy(logits, ys, weight=state.weights, reduction="sum",
+                                           label_smoothing=cfg.label_smoothing) / denom
+                    if lam < 1.0:
+                        loss = lam * loss + (1 - lam) * F.cross_entropy(
+                            logits, ys2, weight=state.weights, reduction="sum",
+                            label_smoothing=cfg.label_smoothing) / denom
+                (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
+            step_loss += loss.detach().double()
+            # Accuracy against the label that dominates each mixed image.
+            sums[1] += (logits.detach().argmax(1) == (ys if lam >= 0.5 else ys2)).sum()
+        bad_at = torch.where((bad_at == 0) & ~torch.isfinite(step_loss), g + 1.0, bad_at)
+        sums[0] += step_loss * n
+        if state.scaler is not None:
+            state.scaler.step(state.opt)
+            state.scaler.update()
+        else:
+            state.opt.step()
+        sums[2] += n
+        seen += n
+        step += 1
+        if hint is not None and step - start_step == 3:
+            hint(time.perf_counter() - t0, 3)
+        if bar is not None:
+            bar.update()
+            if step % 10 == 0 or step == state.steps:
+                bar.set_postfix(loss=f"{sums[0].item() / max(1, sums[2].item()):.4f}")
+        if step % check == 0 or step == state.steps:
+            flags = D.agree(world, device, signal=stop.signal is not None,
+                            nonfinite=bad_at.item())
+            if flags["signal"] and stop.signal is None:
+                stop.signal = signal.SIGTERM  # another rank was told to stop
+            if flags["signal"] or flags["nonfinite"]:
+                break
+    return EpochOutcome(sums, seen, seconds + time.perf_counter() - t0, step, flags)
+
+
+@dataclass
+class Validation:
+    loss: float  # mean cross-entropy
+    accuracy: float
+    pred_counts: np.ndarray  # (C,) how often each class was answered
+    true_counts: np.ndarray  # (C,) images of each class
+
+
+@torch.no_grad()
+def run_validation(model: nn.Module, loader: BatchLoader, world: D.World, autocast,
+                   n_classes: int) -> Validation:
+    """Loss, accuracy and answer counts over every validation image, across all ranks."""
+    model.eval()
+    dev = loader.device
+    sums = torch.zeros(3 + 2 * n_classes, dtype=torch.float64, device=dev)  # loss, correct, n
+    for b in loader:
+        x = to_float(b.images)
+        with autocast():
+            logits = two_logits(model(x).float())
+        pred = logits.argmax(1)
+        sums[0] += F.cross_entropy(logits, b.labels, reduction="sum").double()
+        sums[1] += (pred == b.labels).sum()
+        sums[2] += len(b.labels)
+        sums[3:3 + n_classes] += torch.bincount(pred, minlength=n_classes)[:n_classes]
+        sums[3 + n_classes:] += torch.bincount(b.labels, minlength=n_classes)[:n_classes]
+    D.all_sum(world, sums)
+    s = sums.cpu().numpy()
+    n = max(s[2], 1)
+    return Validation(s[0] / n, s[1] / n, s[3:3 + n_classes], s[3 + n_classes:])
