@@ -257,6 +257,30 @@ def test_a_link_never_relabels_another_class(tmp_path, capsys, link, target, whe
     assert tree_state(root) == before
 
 
+def test_a_folder_outside_reached_from_two_classes_goes_to_neither(tmp_path, capsys):
+    """Which label such photos should have is unknowable: they are left out of both classes
+    and both links are named, where the first class used to claim them quietly."""
+    root = tmp_path / "data"
+    for i in range(3):
+        images.jpeg(root / "ants" / f"a{i}.jpg", seed=i)
+        images.jpeg(root / "bees" / f"b{i}.jpg", seed=50 + i)
+    outside = tmp_path / "elsewhere"
+    for i in range(2):
+        images.jpeg(outside / "deeper" / f"far{i}.jpg", seed=90 + i)
+    os.symlink(outside, root / "ants" / "ext")
+    os.symlink(outside, root / "bees" / "ext")
+    os.symlink(outside, root / "bees" / "again")  # a second link in the same class
+    before = tree_state(root)
+    doc = run_json(capsys, root)
+    assert doc["per_class"] == {"ants": 3, "bees": 3}
+    ignored = {r["path"]: r["reason"] for r in doc["ignored"]}
+    assert "also reached from bees/" in ignored["ants/ext"] and "left out" in ignored["ants/ext"]
+    assert "under two classes" in ignored["bees/again"] or "under two classes" in ignored["bees/ext"]
+    index = scan(root, ScanOptions(use_cache=False))
+    assert not [s.path for s in index.samples if "far" in s.path]
+    assert tree_state(root) == before
+
+
 def test_a_file_link_into_another_class_is_not_taken(tmp_path, capsys):
     root = tmp_path / "data"
     images.jpeg(root / "ants" / "a.jpg", seed=1)

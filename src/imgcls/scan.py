@@ -201,6 +201,7 @@ def _list_files(root: Path) -> tuple[list[str], list[_Candidate], list[FileNote]
     real_classes = {cls: os.path.realpath(root / cls) for cls in class_names}
     candidates: list[_Candidate] = []
     visited: dict[tuple[int, int], str] = {}
+    shared: list[tuple[str, str]] = []  # (folder as first scanned, the other class's link)
     for label, cls in enumerate(class_names):
         stack = [(root / cls, cls)]
         while stack:
@@ -217,8 +218,17 @@ def _list_files(root: Path) -> tuple[list[str], list[_Candidate], list[FileNote]
                 continue
             key = (st.st_dev, st.st_ino)
             if key in visited:
-                ignored.append(FileNote(rel_folder, f"folder link to {display(visited[key])} "
-                                        "(already scanned; a symlink loop or a second link)"))
+                first = visited[key]
+                first_cls = first.split("/", 1)[0]
+                if first_cls != cls:  # one folder reached from two classes
+                    shared.append((first, rel_folder))
+                    ignored.append(FileNote(rel_folder, (
+                        f"folder link to {display(first)}, already scanned in class "
+                        f"{display(first_cls)}: its photos would be under two classes; left "
+                        "out of both")))
+                else:
+                    ignored.append(FileNote(rel_folder, f"folder link to {display(first)} "
+                                            "(already scanned; a symlink loop or a second link)"))
                 continue
             visited[key] = rel_folder
             try:
@@ -257,6 +267,14 @@ def _list_files(root: Path) -> tuple[list[str], list[_Candidate], list[FileNote]
                     candidates.append(_Candidate(rel, label, st.st_size, st.st_mtime_ns,
                                                  st.st_ctime_ns, image_name))
             stack.extend(reversed(subdirs))
+    for first, other in shared:
+        # Which label is right is unknowable: the photos go to neither class.
+        inside = [c for c in candidates if c.rel.startswith(first + "/")]
+        if inside:
+            ignored.append(FileNote(first, f"its {len(inside)} file(s) are also reached from "
+                                    f"{display(other)} in another class: left out of both"))
+            gone = {id(c) for c in inside}
+            candidates = [c for c in candidates if id(c) not in gone]
     return class_names, candidates, rejected, ignored
 
 
