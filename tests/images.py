@@ -123,20 +123,26 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("imgcls: error:")]
 
 
-def close_after_training(a: dict, b: dict, init: dict, rel: float = 5e-3) -> list[str]:
-    """Names of float tensors where runs a and b differ by more than `rel` of how far
-    training moved them from `init` (plus float32 rounding of the values themselves).
+# Two runs in float64 (--amp fp64) that sum the same gradients in another order differ by
+# float64 rounding: a few ulps (1e-16) per operation, grown over a few steps to well under
+# 1e-12 of each weight's move. 1e-8 of the move is 10,000 times that margin on any CPU's
+# kernels, and a wrong update (half a step, one pass's gradient missing) is off by ~0.5.
+FLOAT64_REL = 1e-8
 
-    Two computations of the same update in a different order (micro-batches, DDP's sum of
-    half-batch means, AVX2 vs AVX-512 vs AMX kernels, 1 vs 2 threads) differ by rounding,
-    which grows with the update; a wrong update differs by the update's own size.
+
+def close_after_training(a: dict, b: dict, init: dict, rel: float = FLOAT64_REL) -> list[str]:
+    """Names of float tensors where runs a and b differ by more than `rel` of how far
+    training moved them from `init` (plus float64 rounding of the values themselves).
+
+    For two float64 runs of the same update summed in a different order (micro-batches,
+    DDP's sum of half-batch means, 1 vs 2 threads); a wrong update differs by its own size.
     """
     bad = []
     for k, va in a.items():
         if not va.is_floating_point():
             continue
         moved = (va.double() - init[k].double()).abs().max().item()
-        tol = rel * moved + 1e-6 * max(1.0, va.abs().max().item())
+        tol = rel * moved + 1e-13 * max(1.0, va.abs().max().item())
         diff = (va.double() - b[k].double()).abs().max().item()
         if diff > tol:
             bad.append(f"{k}: |a-b| {diff:.2e} > {tol:.2e} (moved {moved:.2e})")

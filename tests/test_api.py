@@ -3,6 +3,8 @@ plain objects and matplotlib figures out; errors as exceptions with the CLI's me
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -31,9 +33,10 @@ def test_the_job_through_the_api(tmp_path):
     assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert np.allclose(probs[0], probs[1], atol=1e-6) and np.allclose(probs[1], probs[2], atol=1e-6)
     report = model.evaluate(data)
-    assert report.images == 32 and 0 <= report.accuracy <= 1
+    trained_on = json.loads((run.run_dir / "data.json").read_text())["train_images"]
+    assert report.in_training == trained_on and report.images == 32 - trained_on
+    assert 0 <= report.accuracy <= 1 and report.training_accuracy is not None
     own = model.evaluate()  # the run's own validation files
-    import json
 
     assert own.images == json.loads((run.run_dir / "data.json").read_text())["val_images"]
     fig = imgcls.confusion_figure(report)

@@ -30,19 +30,20 @@ class _Loader:
 def test_recalibrate_gives_the_training_images_exact_statistics():
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, 3)
-    model = nn.Sequential(conv, nn.BatchNorm2d(4, momentum=0.01), nn.Dropout(0.5))
+    # float64: batch-by-batch and all-at-once statistics sum in another order
+    model = nn.Sequential(conv, nn.BatchNorm2d(4, momentum=0.01), nn.Dropout(0.5)).double()
     x = torch.randint(0, 256, (12, 8, 8, 3), dtype=torch.uint8)  # NHWC uint8, as the cache
     with torch.no_grad():
-        feats = conv(x.permute(0, 3, 1, 2).float())
+        feats = conv(x.permute(0, 3, 1, 2).double())
     from contextlib import nullcontext
 
     used = recalibrate(model, _Loader(x, 4), 100, 4, nullcontext, World())
     assert used == 12
     bn = model[1]
     # Equal-weight batches of 4: the mean of batch means = the mean over all 12 images.
-    assert torch.allclose(bn.running_mean, feats.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(bn.running_mean, feats.mean((0, 2, 3)), rtol=1e-12, atol=1e-9)
     per_batch_var = torch.stack([feats[i:i + 4].var((0, 2, 3), unbiased=True) for i in (0, 4, 8)])
-    assert torch.allclose(bn.running_var, per_batch_var.mean(0), rtol=1e-4)
+    assert torch.allclose(bn.running_var, per_batch_var.mean(0), rtol=1e-12)
     assert bn.momentum == 0.01 and model.training  # momentum and mode restored
 
 

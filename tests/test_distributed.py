@@ -22,13 +22,12 @@ from imgcls.checkpoint import load_checkpoint
 # ranks x 4 images and 1 process x 8 images compute the same global-batch gradient, and the
 # only difference is the order of floating-point sums (DDP averages two half-batch means).
 # Plain SGD keeps that difference at rounding size (Adam divides by the gradient's own scale
-# and so turns rounding noise in near-zero gradients into lr-sized steps). Rounding differs
-# between CPUs (AVX2, AVX-512, AMX kernels), so the tolerance is relative: 5e-3 of how far
-# training moved each weight (images.close_after_training); a wrong gradient is off by the
-# whole step.
+# and so turns rounding noise in near-zero gradients into lr-sized steps). Both run in
+# float64 (--amp fp64), where that rounding is far below images.FLOAT64_REL of each weight's
+# move on any CPU's kernels; a wrong gradient is off by the whole step.
 SETTINGS = {"model": "xception-tiny", "model_options": {"dropout": 0.0, "norm": "group"},
             "image_size": 32, "batch_size": 8, "optimizer": "sgd", "lr": 0.05, "flip": False,
-            "rotation": 0.0, "seed": 5, "threads": 1, "amp": "off"}
+            "rotation": 0.0, "seed": 5, "threads": 1, "amp": "fp64"}
 
 
 @pytest.fixture(scope="module")

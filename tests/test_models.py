@@ -80,16 +80,18 @@ def test_strided_pointwise_is_a_stride_2_one_by_one_convolution():
     from imgcls.models.xception import StridedPointwise
 
     torch.manual_seed(0)
-    ours = StridedPointwise(8, 16, 2)
-    ref = torch.nn.Conv2d(8, 16, 1, stride=2)
+    # float64: the two are different kernels (another summation order), equal in exact
+    # arithmetic; a wrong stride or offset differs by O(1)
+    ours = StridedPointwise(8, 16, 2).double()
+    ref = torch.nn.Conv2d(8, 16, 1, stride=2).double()
     ref.load_state_dict(ours.state_dict())
     for size in (16, 17):  # even and odd: ceil(H / 2) output rows either way
-        x = torch.randn(3, 8, size, size)
+        x = torch.randn(3, 8, size, size, dtype=torch.float64)
         a, b = ours(x), ref(x)
-        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6)
+        assert a.shape == b.shape and torch.allclose(a, b, rtol=0, atol=1e-12)
         ga = torch.autograd.grad(a.square().sum(), ours.weight)[0]
         gb = torch.autograd.grad(b.square().sum(), ref.weight)[0]
-        assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(ga, gb, rtol=1e-12, atol=1e-12)
 
 
 # oneDNN 3.12 (PyTorch 2.13) on AVX-512: the weight gradient of a 1x1 stride-2 convolution

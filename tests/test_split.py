@@ -87,7 +87,7 @@ def test_split_command(keras_tree, capsys):
         "Found 44 files belonging to 3 classes.", "Using 35 files for training.",
         "Using 9 files for validation."]
     assert main(["split", str(keras_tree), "--val-split", "1.5"]) == 2
-    assert "between 0 and 1" in capsys.readouterr().err
+    assert "--val-split: must be from 0.001 to 0.999" in capsys.readouterr().err
 
 
 def test_identical_copies_stay_on_one_side_of_the_split(tmp_path, capsys):

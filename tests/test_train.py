@@ -192,8 +192,8 @@ def test_one_class_folder_and_resume_mismatch_are_refused(data, tmp_path):
     res = cli("train", "--resume", run, "--model", "xception")
     assert res.returncode == 2 and "cannot change model" in res.stderr
     other = images.two_class_tree(tmp_path / "other", 6, 40, classes=("bird", "fish"))
-    res = cli("train", other, "--resume", run)  # another folder: refused, config untouched
-    assert res.returncode == 2 and "resume reads the run's own data folder" in res.stderr
+    res = cli("train", other, "--resume", run)  # not the run's folder moved: refused, untouched
+    assert res.returncode == 2 and "the run was started with ['cat', 'dog']" in res.stderr
     assert json.loads((run / "config.json").read_text())["data_dir"] == str(data.resolve())
 
 
@@ -240,18 +240,22 @@ def _whole_and_parts(data, tmp_path, settings: dict, micro: int) -> tuple[dict, 
 def test_micro_batches_accumulate_to_the_same_step(data, tmp_path):
     """Gradient accumulation: 2 passes of 4 = 1 pass of 8, for a batch-independent network.
 
-    The two sum the same gradients in a different order, so they agree to rounding, which
-    depends on the CPU's kernels: compare with a tolerance scaled to how far one epoch moved
-    each weight (a wrong accumulation differs by the whole step)."""
+    The two sum the same gradients in a different order: in float64 (--amp fp64) they agree
+    to far below 1e-8 of how far the epoch moved each weight, on any CPU's kernels; a wrong
+    accumulation differs by the whole step."""
     settings = {"model": "xception-tiny", "image_size": 32, "batch_size": 8,
                 "model_options": {"dropout": 0.0, "norm": "group"}, "seed": 7,
-                "optimizer": "sgd", "lr": 0.05, "threads": 1, "amp": "off"}
+                "optimizer": "sgd", "lr": 0.05, "threads": 1, "amp": "fp64"}
     a, b, init, err = _whole_and_parts(data, tmp_path, settings, 4)
     assert "accumulates gradients over passes of about 4" in err
     assert images.close_after_training(a, b, init) == []
     # The tolerance can fail: a step of half the size is far outside it.
     half = {k: init[k] + (v - init[k]) / 2 if v.is_floating_point() else v for k, v in a.items()}
     assert images.close_after_training(a, half, init) != []
+    # and a run that drops one pass's gradient is caught too (the difference is a pass's share)
+    missing = {k: init[k] + (v - init[k]) * 0.9 if v.is_floating_point() else v
+               for k, v in a.items()}
+    assert images.close_after_training(a, missing, init) != []
 
 
 def test_automatic_micro_batch_fits_free_memory():
@@ -356,12 +360,12 @@ def test_class_weighted_micro_batches_equal_the_full_batch(tmp_path):
         p.unlink()  # 15 cats, 5 dogs
     settings = {"model": "xception-tiny", "image_size": 32, "batch_size": 8, "seed": 7,
                 "model_options": {"dropout": 0.0, "norm": "group"}, "flip": False,
-                "rotation": 0.0, "optimizer": "sgd", "lr": 0.05, "threads": 1, "amp": "off",
+                "rotation": 0.0, "optimizer": "sgd", "lr": 0.05, "threads": 1, "amp": "fp64",
                 "class_weights": "balanced"}
     a, b, init, _ = _whole_and_parts(root, tmp_path, settings, 3)
-    # Weighted sums over 3 passes round a little more than plain ones (1e-2 of each
-    # tensor's move); summing each pass's own weighted mean instead is off by ~30%.
-    assert images.close_after_training(a, b, init, rel=1e-2) == []
+    # In float64 the passes' weighted sums agree to rounding; summing each pass's own
+    # weighted mean instead is off by ~30%.
+    assert images.close_after_training(a, b, init) == []
 
 
 def test_passes_never_leave_a_single_image():
@@ -490,3 +494,117 @@ def test_a_time_limit_fits_the_schedule_to_the_epochs_that_fit(data, tmp_path):
     assert hist[-1]["lr"] < 0.1 * 3e-3, [h["lr"] for h in hist]
     last = load_checkpoint(run / "last.safetensors")
     assert last.train_meta["schedule_epochs"] == len(hist)
+
+
+# ----------------------------------------------------------------------------- no wrong answer
+
+def test_a_second_run_into_a_folder_in_use_is_refused_by_name(data, tmp_path):
+    """Old main: both runs exit 0 and mix their files in one folder."""
+    run = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "imgcls", "train", str(data), "--out",
+                              str(run), "--epochs", "30", *TINY], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        second = cli("train", data, "--out", run, "--epochs", "2", *TINY)
+        errs = images.error_lines(second.stderr)
+        assert second.returncode == 2 and len(errs) == 1, second.stderr
+        assert "in use by another imgcls run" in errs[0] and f"pid {first.pid}" in errs[0]
+        resumed = cli("train", "--resume", run)  # a resume while it runs: refused the same way
+        assert resumed.returncode == 2 and "in use" in resumed.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=120)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["epochs"] == 30  # the first run's, untouched
+
+
+def test_default_run_folders_never_collide(tmp_path, monkeypatch):
+    from imgcls.runfolder import new_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    made = {new_run_dir("/some/data") for _ in range(5)}  # the same second, five runs
+    assert len(made) == 5 and all(p.is_dir() and p.parent.name == "runs" for p in made)
+
+
+def test_a_refused_run_leaves_no_folder_behind(data, tmp_path):
+    res = cli("train", data, "--out", tmp_path / "new", "--model", "no-such-net", *TINY[2:])
+    assert res.returncode == 2 and not (tmp_path / "new").exists(), res.stderr
+
+
+def test_the_time_limit_is_the_runs_total_across_resumes(data, tmp_path):
+    """Old main: a resumed time-boxed run got a fresh budget and trained on."""
+    run = tmp_path / "run"
+    assert cli("train", data, "--out", run, "--epochs", "2", *TINY).returncode == 0
+    spent = load_checkpoint(run / "last.safetensors").train_meta["elapsed_s"]
+    assert spent > 0
+    res = cli("train", "--resume", run, "--epochs", "6", "--time-limit", f"{spent / 120:.6f}")
+    assert res.returncode == 0, res.stderr
+    assert "already trained for" in res.stdout and "Epoch 3/" not in res.stdout
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resuming_a_sample_decodes_only_the_sample(tmp_path):
+    """Old main: the resume decoded the whole folder into a new cache and deleted the
+    sample's."""
+    data = images.two_class_tree(tmp_path / "d", 20, 40)
+    cache = tmp_path / "cache"
+    run = tmp_path / "run"
+    args = ["--max-per-class", "6", "--cache-dir", cache, *TINY]
+    assert cli("train", data, "--out", run, "--epochs", "1", *args).returncode == 0
+    before = sorted(p.name for p in (cache / "images").iterdir())
+    res = cli("train", "--resume", run, "--epochs", "2")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (cache / "images").iterdir()) == before
+    assert json.loads((run / "data.json").read_text())["train_images"] + \
+        json.loads((run / "data.json").read_text())["val_images"] == 12
+
+
+def test_no_weight_decay_on_biases_and_normalisation(tmp_path):
+    from imgcls.config import TrainConfig
+    from imgcls.models import ModelConfig, create_model
+    from imgcls.optim import make_optimizer
+
+    model = create_model(ModelConfig("resnet-cpu", 2))
+    opt = make_optimizer(TrainConfig(optimizer="adamw", weight_decay=0.05), model)
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decay) == (p.ndim > 1), name
+    assert any(p.ndim == 1 for p in model.parameters())  # BatchNorm and biases exist
+    # a step with zero gradients: decayed kernels shrink, BatchNorm scales stay
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    w_bn, w_conv = bn.weight.detach().clone(), conv.weight.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert torch.equal(bn.weight, w_bn) and not torch.equal(conv.weight, w_conv)
+
+
+OLD_RUN = Path(__file__).parent / "data" / "run_v0.1"
+
+
+def test_a_run_folder_written_before_preprocessing_versions_predicts_and_resumes(tmp_path):
+    """tests/data/run_v0.1: trained by imgcls at commit bfd554f. It predicts with the pixels
+    it was trained on (its recorded preprocessing, version 1) and resumes (its data folder
+    moved: --resume with DATA_DIR says where it is now)."""
+    import numpy as np
+
+    from imgcls.predict import Predictor
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(OLD_RUN / "data", data)
+    shutil.copytree(OLD_RUN / "run", run)
+    predictor = Predictor.from_checkpoint(run, amp="off")
+    assert predictor.spec.version == 1
+    then = json.loads((OLD_RUN / "predictions.json").read_text())["probabilities"]
+    got = predictor.predict([data / rel for rel in then])
+    for p, (rel, probs) in zip(got, then.items()):
+        assert np.abs(np.array(list(p.probabilities.values())) - list(probs.values())).max() \
+            < 1e-5, rel
+    res = cli("train", data, "--resume", run, "--epochs", "3", "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    assert "Epoch 3/3" in res.stdout
+    assert load_checkpoint(run / "last.safetensors").meta["preprocess"]["version"] == 1

@@ -72,14 +72,15 @@ def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = N
 
     settings: any TrainConfig field (epochs=10, image_size=128, labels="name:^(cat|dog)\\.",
     val_dir=..., max_per_class=..., time_limit=minutes, ...). resume=RUN continues a run with
-    its own settings (only epochs, time_limit and hardware may change)."""
-    import time
-
-    from imgcls.config import TrainConfig, check_keys, resolve
+    its own settings (only epochs, time_limit and hardware may change); with `data` (and
+    val_dir) it finds the run's photos in a folder that moved: the run's record of its
+    files (paths and content digests) decides which photos are the run's."""
+    from imgcls.config import TrainConfig, check_keys, check_types, resolve
     from imgcls.fsutil import display
     from imgcls.train import fit as fit_
 
-    check_keys(settings, "fit()")
+    settings = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in settings.items()}
+    check_types(check_keys(settings, "fit()"), "fit()")
     if resume is not None:
         import json
 
@@ -88,13 +89,16 @@ def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = N
             base = TrainConfig(**json.loads((run / "config.json").read_text()))
         except (OSError, ValueError, TypeError):
             raise UserError(f"{display(run)}: not a run folder (no readable config.json)") from None
-        if data is not None and os.path.realpath(os.path.expanduser(data)) != \
-                os.path.realpath(base.data_dir):
-            raise UserError(f"{display(run)} trains on {display(base.data_dir)}, not "
-                            f"{display(os.path.realpath(data))}; resume reads the run's own "
-                            "data folder (leave DATA_DIR out), or start a new run with --out")
-        # Only the length of the run and the hardware may change on resume.
-        may_change = {"epochs", "time_limit", "device", "threads", "compile", "cache_dir"}
+        if out is not None and os.path.realpath(out) != os.path.realpath(run):
+            raise UserError(f"--out {display(out)} with --resume {display(run)}: a resumed run "
+                            "continues in its own folder; leave --out out")
+        if data is not None:  # the run's data folder, moved: the record decides what is whose
+            settings["data_dir"] = os.path.abspath(os.path.expanduser(os.fspath(data)))
+            if not os.path.isdir(settings["data_dir"]):
+                raise UserError(f"{display(data)}: no such folder")
+        # Only the length of the run, the hardware and where its folders now are may change.
+        may_change = {"epochs", "time_limit", "device", "threads", "compile", "cache_dir",
+                      "data_dir", "val_dir"}
         changed = sorted(k for k, v in settings.items()
                          if v is not None and k not in may_change and v != getattr(base, k))
         if changed:
@@ -113,9 +117,18 @@ def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = N
                       if cfg.preset == "tutorial" and cfg.epoch_images else "")
             print(f"Recipe: the {cfg.preset} preset{fitted} ({auto_preset(cfg.device)[1]}; "
                   "--preset tutorial or cpu to choose)", flush=True)
-        out = Path(out or f"runs/{Path(cfg.data_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        made = out is None
+        if made:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise UserError("under torchrun give --out: every rank must write to the "
+                                "same run folder")
+            from imgcls.runfolder import new_run_dir
+
+            _check_run_folder(Path("runs"), cfg)  # before anything is made
+            out = new_run_dir(cfg.data_dir)
+        out = Path(out)
         _check_run_folder(out, cfg)
-        result = fit_(cfg, out)
+        result = fit_(cfg, out, made_here=made)
     return Run(result.run_dir, result.history, result.best_epoch, result.stopped_early,
                result.interrupted)
 
@@ -174,33 +187,30 @@ class Model:
     def class_names(self) -> list[str]:
         return list(self._p.class_names)
 
-    def _prepare_inputs(self, inputs) -> list:
+    @staticmethod
+    def _as_list(inputs) -> list:
+        """One input, or a list/tuple of them, or an (N, H, W, C) batch array -> a list."""
         from PIL import Image
 
-        if isinstance(inputs, (str, os.PathLike, Image.Image, np.ndarray)) and not (
-                isinstance(inputs, np.ndarray) and inputs.ndim == 4):
-            inputs = [inputs]
-        out = []
-        for x in inputs:
-            if isinstance(x, np.ndarray):
-                if x.ndim == 2:
-                    x = np.stack([x] * 3, -1)
-                if x.ndim != 3 or x.shape[-1] not in (3, 4):
-                    raise UserError(f"an array image must be (H, W, 3) RGB, not {x.shape}")
-                if x.dtype != np.uint8:
-                    if np.issubdtype(x.dtype, np.floating) and x.max(initial=0) <= 1.0:
-                        x = x * 255.0  # floats in 0..1, as matplotlib and skimage give them
-                    x = np.clip(np.rint(x), 0, 255).astype(np.uint8)
-                x = Image.fromarray(np.ascontiguousarray(x[..., :3]))
-            out.append(x)
-        return out
+        if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
+            return list(inputs)
+        if isinstance(inputs, (list, tuple)):
+            return list(inputs)
+        if inputs is None or isinstance(inputs, (str, os.PathLike, bytes, bytearray,
+                                                 memoryview, Image.Image, np.ndarray)) \
+                or hasattr(inputs, "read") or type(inputs).__module__.startswith("torch"):
+            return [inputs]
+        try:
+            return list(inputs)
+        except TypeError:
+            return [inputs]
 
     def predict(self, inputs, tta: bool | None = None, batch_size: int = 32) -> list:
         """One Prediction (path, class_name, probabilities, error) per input, in order.
 
         inputs: one or a list of paths, PIL images, (H, W, 3) arrays, or an (N, H, W, 3)
         array. tta: average with the mirror image (default: as the training recipe says)."""
-        items = self._prepare_inputs(inputs)
+        items = self._as_list(inputs)
         tta = self._p.recommends_tta if tta is None else tta
         from imgcls.runtime import interactive
 
@@ -216,22 +226,14 @@ class Model:
         return np.array([[p.probabilities[c] for c in self.class_names] for p in preds])
 
     def evaluate(self, data: str | os.PathLike | None = None, labels: str = "folders",
-                 tta: bool | None = None):
-        """An EvalReport on a labelled folder, or on the run's own validation files."""
-        from imgcls.evaluate import evaluate, items_for, run_validation_items
-        from imgcls.scan import ScanOptions
-        from imgcls.scan import scan as _scan
+                 tta: bool | None = None, moved_to: str | os.PathLike | None = None):
+        """An EvalReport on a labelled folder, or on the run's own validation files (in
+        its data folder, or at `moved_to` where that folder moved)."""
+        from imgcls.evaluate import evaluate_set, evaluation_set
 
-        if data is not None:
-            index = _scan(data, ScanOptions(min_classes=1, labels=labels))
-            items, names = items_for(index, self.class_names)
-            root = index.root
-        else:
-            run = self.source if self.source.is_dir() else self.source.parent
-            items, names, root = run_validation_items(run, self.class_names)
-        report = evaluate(self._p, items, names, self._p.recommends_tta if tta is None else tta)
-        report.data = root
-        return report
+        es = evaluation_set(self.source, self.class_names, data, labels,
+                            moved_to=None if moved_to is None else os.fspath(moved_to))
+        return evaluate_set(self._p, es, self._p.recommends_tta if tta is None else tta)
 
     def export(self, path: str | os.PathLike, check_images: str | None = None):
         """Write an ONNX file (checked against PyTorch on real images first)."""

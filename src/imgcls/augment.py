@@ -40,13 +40,14 @@ class AugmentConfig:
         return asdict(self)
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in 0..255, channels_last in memory.
+def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float (float32 unless the model is float64) in
+    0..255, channels_last in memory.
 
     The permute is free (a view) and already has channels_last strides, which is the layout
     the convolutions want on both CPU and GPU.
     """
-    return images.permute(0, 3, 1, 2).float()
+    return images.permute(0, 3, 1, 2).to(dtype)
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:

@@ -55,7 +55,7 @@ def recalibrate(model: nn.Module, loader, max_images: int, micro: int, autocast,
     used = 0
     try:
         for batch in loader:
-            x = to_float(batch.images)
+            x = to_float(batch.images, next(model.parameters()).dtype)
             for lo in range(0, len(x), micro):
                 part = x[lo:lo + micro]
                 if len(part) < 2 and used:

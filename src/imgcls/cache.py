@@ -245,6 +245,9 @@ def build_cache(index: DatasetIndex, spec: PreprocessSpec, cache_dir: str | os.P
                   file=sys.stderr)
         np.save(tmp / LABELS, labels)
         (tmp / READER_LOCK).touch()
+        # Hold the reader lock from before the rename: another build's clean-up must never
+        # remove this cache between the rename and our open_cache.
+        held = _hold_reader_lock(tmp)
         elapsed = time.perf_counter() - t0
         atomic_write_json(tmp / MANIFEST, {
             "version": CACHE_VERSION, "fingerprint": index.fingerprint, "root": index.root,
@@ -262,5 +265,9 @@ def build_cache(index: DatasetIndex, spec: PreprocessSpec, cache_dir: str | os.P
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _clean_family(base, family, final.name)
-    return open_cache(final)
+    try:
+        _clean_family(base, family, final.name)
+        return open_cache(final)
+    finally:
+        if held is not None:
+            os.close(held)

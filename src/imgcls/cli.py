@@ -16,17 +16,36 @@ from imgcls.errors import UserError
 from imgcls.runtime import keep_freed_memory  # stdlib only: cheap to import
 
 
+def _number(kind: type, low: float, high: float | None = None):
+    """An argparse type: a finite int or float in [low, high], else a one-line error."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            bound = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def _add_scan_options(p: argparse.ArgumentParser) -> None:
     from imgcls.scan import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE
 
     g = p.add_argument_group("scanning")
-    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+    g.add_argument("--max-pixels", type=_number(int, 0), default=DEFAULT_MAX_PIXELS, metavar="N",
                    help="reject images with more pixels than this, undecoded (decompression "
-                        "bomb guard; default %(default)s)")
-    g.add_argument("--min-side", type=int, default=DEFAULT_MIN_SIDE, metavar="PX",
-                   help="reject images narrower or shorter than this (default %(default)s)")
-    g.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="threads for decoding (default: all cores)")
+                        "bomb guard; 0 = no limit of imgcls's own; default %(default)s)")
+    g.add_argument("--min-side", type=_number(int, 1), default=DEFAULT_MIN_SIDE, metavar="PX",
+                   help="reject images narrower or shorter than this, >= 1 (default %(default)s)")
+    g.add_argument("--workers", type=_number(int, 0), default=0, metavar="N",
+                   help="threads for decoding, >= 0 (default 0 = all cores)")
     g.add_argument("--cache-dir", metavar="DIR",
                    help="where scan results and image caches live (default: $IMGCLS_CACHE_DIR "
                         "or the user cache folder); never inside the data folder")
@@ -192,7 +211,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="square input size in pixels (default 180)")
     d.add_argument("--resize", choices=CHOICES["resize"], help="default stretch (as Keras)")
     d.add_argument("--cache-dir", dest="cache_dir", metavar="DIR")
-    d.add_argument("--max-pixels", dest="max_pixels", type=int, metavar="N")
+    d.add_argument("--max-pixels", dest="max_pixels", type=_number(int, 0), metavar="N",
+                   help="reject images with more pixels than this (0 = no limit of imgcls's "
+                        "own; default 89478485, Pillow's)")
     _add_labels(d)
     d.add_argument("--max-per-class", dest="max_per_class", type=int, metavar="N",
                    help="train on a seeded sample of at most N photos per class (a quick "
@@ -247,7 +268,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     h.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     h.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
                    default=None)
-    h.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    h.add_argument("--threads", type=_number(int, 0), help="CPU threads (default 0 = all cores)")
     h.add_argument("--sync-bn", dest="sync_bn", action=argparse.BooleanOptionalAction, default=None,
                    help="synchronise BatchNorm across DDP ranks")
     p.add_argument("--preset", choices=["auto", *sorted(PRESETS)],
@@ -269,8 +290,8 @@ def cmd_predict(args) -> int:
     if not files:
         raise UserError("nothing to predict" + ("" if errors else ": give image files or folders"))
     keep_freed_memory()
-    predictor = Predictor.from_checkpoint(args.model, device=args.device, amp=args.amp)
-    predictor.max_pixels = args.max_pixels
+    predictor = Predictor.from_checkpoint(args.model, device=args.device, amp=args.amp,
+                                          max_pixels=args.max_pixels)
     show = sys.stderr.isatty() and len(files) > args.batch_size
     tta = predictor.recommends_tta if args.tta is None else args.tta
     preds = predictor.predict(files, batch_size=args.batch_size, tta=tta, progress=show)
@@ -298,8 +319,8 @@ def cmd_evaluate(args) -> int:
     from pathlib import Path
 
     from imgcls.checkpoint import resolve_model_path
-    from imgcls.evaluate import (default_out_dir, evaluate, figures, format_report, items_for,
-                                 run_validation_items)
+    from imgcls.evaluate import (default_out_dir, evaluate_set, evaluation_set, figures,
+                                 format_report)
     from imgcls.fsutil import display
     from imgcls.predict import Predictor
 
@@ -307,19 +328,11 @@ def cmd_evaluate(args) -> int:
     predictor = Predictor.from_checkpoint(args.model, device=args.device, amp=args.amp)
     model_path = Path(args.model)
     run_dir = model_path if model_path.is_dir() else resolve_model_path(model_path).parent
-    if args.data_dir:
-        from imgcls.scan import ScanOptions, scan
-
-        index = scan(args.data_dir, ScanOptions(cache_dir=args.cache_dir, min_classes=1,
-                                                labels=args.labels or "folders"))
-        items, names = items_for(index, predictor.class_names)
-        root = index.root
-    else:
-        items, names, root = run_validation_items(run_dir, predictor.class_names)
+    es = evaluation_set(run_dir, predictor.class_names, args.data_dir, args.labels,
+                        args.cache_dir, moved_to=args.data)
     tta = predictor.recommends_tta if args.tta is None else args.tta
-    report = evaluate(predictor, items, names, tta=tta, batch_size=args.batch_size,
-                      progress=sys.stderr.isatty() and not args.json)
-    report.data = root
+    report = evaluate_set(predictor, es, tta, batch_size=args.batch_size,
+                          progress=sys.stderr.isatty() and not args.json)
     for f in report.failed:
         print(f"imgcls: error: {display(f['path'])}: {f['reason']}", file=sys.stderr)
     out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(model_path)
@@ -387,8 +400,15 @@ def cmd_download(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with our one-line errors: `imgcls: error: ...`, exit 2, no usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"imgcls: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="imgcls",
         description="Train an image classifier from scratch on a folder of photos "
                     "(one sub-folder per class), then use it.")
@@ -402,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default %(default)s)")
     p.add_argument("--url", default=DEFAULT_URL, help="archive URL (default: the Keras tutorial's)")
     p.add_argument("--sha256", help="expected SHA-256 of the archive")
-    p.add_argument("--timeout", type=float, default=15.0, metavar="S",
+    p.add_argument("--timeout", type=_number(float, 0.1), default=15.0, metavar="S",
                    help="seconds to wait for the server (default %(default)s)")
     p.set_defaults(func=cmd_download)
 
@@ -431,9 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="samples.png", help="PNG file (default %(default)s)")
     p.add_argument("--augment", action="store_true",
                    help="show 9 augmentations of the first training image instead")
-    p.add_argument("--image-size", type=int, default=180, metavar="PX")
+    p.add_argument("--image-size", type=_number(int, 8, 2048), default=180, metavar="PX")
     p.add_argument("--resize", choices=("stretch", "crop", "pad"), default="stretch")
-    p.add_argument("--rotation", type=float, default=0.1,
+    p.add_argument("--rotation", type=_number(float, 0, 1), default=0.1,
                    help="rotation factor, a fraction of a full turn (default %(default)s)")
     p.add_argument("--no-flip", action="store_true")
     _add_split_options(p)
@@ -442,8 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="print a network's layers, output shapes and parameters")
     p.add_argument("--model", default="xception")
     p.add_argument("--list", action="store_true", help="list the networks imgcls can train")
-    p.add_argument("--image-size", type=int, default=180, metavar="PX")
-    p.add_argument("--num-classes", type=int, default=2, metavar="C")
+    p.add_argument("--image-size", type=_number(int, 8, 2048), default=180, metavar="PX")
+    p.add_argument("--num-classes", type=_number(int, 2, 100_000), default=2, metavar="C")
     p.add_argument("--single-logit", action="store_true",
                    help="one logit for two classes, as the Keras tutorial (2,731,065 parameters)")
     p.set_defaults(func=cmd_summary)
@@ -453,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "tutorial's recipe; flags override a --config file and a --preset.")
     p.add_argument("data_dir", metavar="DATA_DIR", nargs="?")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/DATA-DATE-TIME)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run in its own folder; with DATA_DIR, the "
+                        "run's data folder where it is now, if it moved")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("predict", help="classify photos with a trained model",
@@ -465,10 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="a JSON list, one object per image")
     fmt.add_argument("--csv", action="store_true", help="CSV: path, class, one column per class")
-    p.add_argument("--top-k", type=int, default=3, metavar="K")
+    p.add_argument("--top-k", type=_number(int, 1), default=3, metavar="K",
+                   help="classes named per photo with 3 or more classes, >= 1 (default 3)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average with the horizontal mirror (default: as the model's recipe says)")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    p.add_argument("--batch-size", type=_number(int, 1), default=32, metavar="N",
+                   help="photos per forward pass, >= 1 (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     _add_amp(p)
     _add_max_pixels(p)
@@ -481,10 +505,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average with the horizontal mirror (default: as the model's recipe says)")
-    p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    p.add_argument("--batch-size", type=_number(int, 1), default=32, metavar="N",
+                   help="photos per forward pass, >= 1 (default %(default)s)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out-dir", metavar="DIR", help="where the PNG figures go (default: the run folder)")
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--data", metavar="DIR",
+                   help="where the run's data folder is now, if it moved (evaluates the run's "
+                        "own validation photos there; their recorded digests decide)")
     p.add_argument("--cache-dir", metavar="DIR")
     _add_labels(p)
     _add_amp(p)
@@ -493,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a checkpoint to ONNX (checked against PyTorch)")
     p.add_argument("model", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("-o", "--output", default="model.onnx", help="default %(default)s")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=_number(int, 7, 30), default=17)
     p.add_argument("--check-images", metavar="DIR",
                    help="images for the parity check (default: the run's data folder)")
     p.set_defaults(func=cmd_export)
@@ -501,9 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="a web page and JSON API for a model")
     p.add_argument("model", metavar="RUN_OR_CHECKPOINT_OR_ONNX")
     p.add_argument("--host", default="127.0.0.1", help="default %(default)s (this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload-mb", type=float, default=8.0, metavar="MB")
-    p.add_argument("--max-files", type=int, default=16, metavar="N")
+    p.add_argument("--port", type=_number(int, 0, 65535), default=8000,
+                   help="TCP port, 0 to 65535 (0 = any free one; default %(default)s)")
+    p.add_argument("--max-upload-mb", type=_number(float, 0.001), default=8.0, metavar="MB",
+                   help="largest request body accepted, > 0 (default %(default)s)")
+    p.add_argument("--max-files", type=_number(int, 1), default=16, metavar="N",
+                   help="photos per request, >= 1 (default %(default)s)")
     _add_max_pixels(p)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_serve)
@@ -527,9 +558,10 @@ def _add_labels(p) -> None:
 def _add_max_pixels(p: argparse.ArgumentParser) -> None:
     from imgcls.preprocess import DEFAULT_MAX_PIXELS
 
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+    p.add_argument("--max-pixels", type=_number(int, 0), default=DEFAULT_MAX_PIXELS, metavar="N",
                    help="refuse photos with more pixels than this, undecoded (decompression "
-                        "bomb guard, the same default as scan and train: %(default)s)")
+                        "bomb guard, the same default as scan and train: %(default)s; 0 = no "
+                        "limit of imgcls's own)")
 
 
 def _add_amp(p: argparse.ArgumentParser) -> None:
@@ -541,9 +573,10 @@ def _add_amp(p: argparse.ArgumentParser) -> None:
 
 def _add_split_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("validation split")
-    g.add_argument("--val-split", type=float, default=0.2, metavar="F",
+    g.add_argument("--val-split", type=_number(float, 0.001, 0.999), default=0.2, metavar="F",
                    help="fraction of images for validation (default %(default)s)")
-    g.add_argument("--seed", type=int, default=1337, help="split seed (default %(default)s)")
+    g.add_argument("--seed", type=_number(int, 0), default=1337,
+                   help="split seed, >= 0 (default %(default)s)")
     g.add_argument("--split", choices=("stratified", "keras"), default="stratified",
                    help="stratified by class (default), or exactly the files Keras's "
                         "image_dataset_from_directory would choose")
@@ -553,10 +586,21 @@ def _add_split_options(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a bad flag: the parser printed its one line
+        if exc.code in (0, None):  # --help, --version
+            raise
+        return int(exc.code)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import warnings
+
+    def one_line(message, category, *rest, **kw):  # the library warns; the CLI prints
+        print(f"imgcls: warning: {message}", file=sys.stderr)
+
+    shown, warnings.showwarning = warnings.showwarning, one_line
     try:
         return args.func(args) or 0
     except UserError as exc:
@@ -574,3 +618,5 @@ def main(argv: list[str] | None = None) -> int:
         # `imgcls scan --json | head`: the reader went away; not an error worth a traceback.
         sys.stderr.close()
         return 0
+    finally:
+        warnings.showwarning = shown

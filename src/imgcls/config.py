@@ -8,6 +8,7 @@ The resolved config is written into the run folder and is what `--resume` reads 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -67,7 +68,9 @@ class TrainConfig:
     time_limit: float = 0.0  # minutes of wall-clock time; stop after the last epoch that fits; 0 = none
     # hardware
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
-    amp: str = "auto"  # "auto" (bf16 on CUDA, float32 on a CPU: runtime.precision_for), "bf16", "fp16", "off"
+    amp: str = "auto"  # "auto" (bf16 on CUDA, float32 on a CPU: runtime.precision_for), "bf16",
+    #                    "fp16", "off" (float32) or "fp64" (float64 throughout: slow; for
+    #                    checking that two summation orders give the same step)
     compile: bool = False  # torch.compile the model
     channels_last: bool = True
     threads: int = 0  # CPU threads for torch; 0 = all available cores
@@ -89,7 +92,7 @@ CHOICES = {
     "schedule": ("constant", "cosine", "onecycle"),
     "class_weights": ("none", "balanced"),
     "monitor": ("val_accuracy", "val_loss", "accuracy", "loss"),
-    "amp": ("auto", "bf16", "fp16", "off"),
+    "amp": ("auto", "bf16", "fp16", "off", "fp64"),
 }
 
 # Named recipes; the default is the Keras tutorial's. Filled in by measurement (BENCHMARKS.md).
@@ -114,16 +117,63 @@ PRESETS: dict[str, dict] = {
 AUTO_GPU_EPOCH_IMAGES = 2048  # images an epoch shows at least
 
 
+MAX_IMAGE_SIZE = 2048  # px: a side above this is a typo (100000 px asked for 30 GB)
+
+_KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false",
+          "str": "a string", "dict": "a table of options", "str | None": "a string"}
+
+
+@functools.lru_cache(maxsize=None)
+def _adapters() -> dict:
+    """One pydantic TypeAdapter per TrainConfig field, from its annotation."""
+    import typing
+
+    from pydantic import TypeAdapter
+
+    return {name: TypeAdapter(hint) for name, hint in typing.get_type_hints(TrainConfig).items()}
+
+
+def check_types(values: dict, where: str) -> dict:
+    """Each setting of the type its field declares, strictly (pydantic's strict mode): the
+    string "false" is not a boolean, 1.7 is not an epoch count, "8" is not a batch size;
+    an int is a fine float. UserError names the setting, what it must be, and what it got."""
+    from pydantic import ValidationError
+
+    adapters = _adapters()
+    for key, value in values.items():
+        if key not in adapters or (key == "mixup" and value == "auto"):
+            continue
+        try:
+            adapters[key].validate_python(value, strict=True)
+        except ValidationError:
+            hint = str(next(f.type for f in fields(TrainConfig) if f.name == key))
+            raise UserError(f"{where}: {key.replace('_', '-')} must be "
+                            f"{_KINDS.get(hint, hint)}, not {value!r} "
+                            f"({type(value).__name__})") from None
+    return values
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise UserError(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                             f"not {getattr(cfg, name)!r}")
     checks = [
-        (cfg.image_size >= 1, "image size must be a positive number of pixels"),
+        (1 <= cfg.image_size <= MAX_IMAGE_SIZE,
+         f"image size must be 1 to {MAX_IMAGE_SIZE} pixels, not {cfg.image_size}"),
         (cfg.epochs >= 1, "epochs must be at least 1"),
-        (cfg.batch_size >= 1, "batch size must be at least 1"),
+        (cfg.batch_size >= 2, f"batch size must be at least 2, not {cfg.batch_size} (BatchNorm "
+                              "needs two images a pass to compute batch statistics)"),
         (cfg.micro_batch >= 0, "micro batch must be >= 0 (0 = automatic)"),
+        (cfg.micro_batch != 1, "micro batch must be 0 (automatic) or at least 2, not 1 "
+                               "(BatchNorm needs two images a pass)"),
+        (cfg.weight_decay >= 0, f"weight decay must be >= 0, not {cfg.weight_decay:g}"),
+        (cfg.seed >= 0, f"seed must be >= 0, not {cfg.seed}"),
+        (0 <= cfg.momentum < 1, f"momentum must be in [0, 1), not {cfg.momentum:g}"),
+        (cfg.warmup_epochs >= 0, "warmup epochs must be >= 0"),
+        (cfg.bn_recalibrate >= 0, "bn-recalibrate must be >= 0 (0 = never)"),
+        (cfg.max_pixels >= 0, f"max-pixels must be >= 0 (0 = no limit), not {cfg.max_pixels}"),
+        (cfg.brightness >= 0 and cfg.contrast >= 0, "augmentation strengths must be >= 0"),
         (cfg.lr > 0, "learning rate must be positive"),
         (0 < cfg.val_split < 1 or cfg.val_dir, "val-split must be between 0 and 1"),
         (0 <= cfg.label_smoothing < 1, "label smoothing must be in [0, 1)"),
@@ -163,7 +213,10 @@ def load_file(path: str) -> dict:
         raise UserError(f"{path}: no such config file") from None
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot read config ({exc})") from None
-    return check_keys(data, path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file holds settings by name (a TOML table or a JSON "
+                        f"object), not a {type(data).__name__}")
+    return check_types(check_keys(data, path), path)
 
 
 def check_keys(data: dict, where: str) -> dict:
@@ -211,9 +264,12 @@ def resolve(overrides: dict, preset: str | None = None, config_file: str | None 
         values["preset"] = preset
     if config_file:
         values.update(load_file(config_file))
+    overrides = {k: os.fspath(v) if isinstance(v, os.PathLike) else v
+                 for k, v in overrides.items()}
     values.update({k: v for k, v in check_keys(overrides, "flags").items() if v is not None})
     if values.get("mixup") == "auto":  # as a config file may say it
         values["mixup"] = -1.0
+    check_types(values, "settings")
     if values.get("data_dir"):
         values["data_dir"] = os.path.abspath(os.path.expanduser(values["data_dir"]))
     if values.get("val_dir"):

@@ -83,6 +83,11 @@ def two_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def _wide(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for the loss: float32 from a bf16/fp16 pass, float64 kept as it is."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 @dataclass
 class EpochOutcome:
     sums: torch.Tensor  # loss * images, correct, images (float64, this rank)
@@ -116,7 +121,7 @@ def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world:
         g = state.epoch * state.steps + step
         for group in state.opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(g, state.total_steps, state.warmup, cfg.schedule)
-        x = to_float(batch.images)
+        x = to_float(batch.images, state.dtype)
         if aug_cfg.active:
             x = augment_batch(x, aug_cfg, state.aug_gen)
         n = len(batch.labels)
@@ -132,7 +137,7 @@ def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world:
             sync = nullcontext() if last or not hasattr(state.net, "no_sync") else state.net.no_sync()
             with sync:
                 with state.autocast():
-                    logits = two_logits(state.net(xs).float())
+                    logits = two_logits(_wide(state.net(xs)))
                     # A sum over the pass over the whole batch's weight: passes add up to
                     # the full batch's (weighted) mean, with class weights too.
                     loss = F.cross_entropy(logits, ys, weight=state.weights, reduction="sum",
@@ -185,11 +190,12 @@ def run_validation(model: nn.Module, loader: BatchLoader, world: D.World, autoca
     """Loss, accuracy and answer counts over every validation image, across all ranks."""
     model.eval()
     dev = loader.device
+    dtype = next(model.parameters()).dtype
     sums = torch.zeros(3 + 2 * n_classes, dtype=torch.float64, device=dev)  # loss, correct, n
     for b in loader:
-        x = to_float(b.images)
+        x = to_float(b.images, dtype)
         with autocast():
-            logits = two_logits(model(x).float())
+            logits = two_logits(_wide(model(x)))
         pred = logits.argmax(1)
         sums[0] += F.cross_entropy(logits, b.labels, reduction="sum").double()
         sums[1] += (pred == b.labels).sum()

@@ -9,6 +9,7 @@ for a confusion matrix and a rank-based AUC).
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,11 @@ class EvalReport:
     top_losses: list[dict] = field(default_factory=list)  # path, true, predicted, p_true, loss
     data: str = ""
     tta: bool = False
+    rejected: int = 0  # files in the folder the scan rejected: not in `images`
+    # Photos of the folder that the run trained on (by content digest): left out of the
+    # scores above, and scored apart here (how well it fits them, not how it generalises).
+    in_training: int = 0
+    training_accuracy: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,13 +120,24 @@ def format_report(r: EvalReport) -> str:
         lines.append(f"{display(name):<{w}}" + "".join(f"{v:>10d}" for v in row))
     if r.failed:
         lines.append(f"\n{len(r.failed)} files could not be read (see stderr)")
+    if r.rejected:
+        lines.append(f"{r.rejected} file{'s' if r.rejected != 1 else ''} the scan rejected "
+                     f"{'are' if r.rejected != 1 else 'is'} not counted (`imgcls scan` lists them)")
+    if r.in_training:
+        lines.append(f"{r.in_training} more photo{'s' if r.in_training != 1 else ''} of this "
+                     "folder were in the run's training set: left out of the scores above"
+                     + (f" (accuracy on them {r.training_accuracy:.4f}: how well the model "
+                        "fits its training photos, not how it does on new ones)"
+                        if r.training_accuracy is not None else ""))
     return "\n".join(lines)
 
 
-def run_validation_items(run_dir: Path, class_names: list[str]) -> tuple[list[tuple[str, int]], list[str], str]:
+def run_validation_items(run_dir: Path, class_names: list[str], moved_to: str | None = None
+                         ) -> tuple[list[tuple[str, int]], list[str], str]:
     """The run's own validation images: the files its record lists (split.json.gz), minus
     those that vanished or changed since (named in a warning); never files added later.
-    Runs made before records existed get their split recomputed from the config."""
+    Runs made before records existed get their split recomputed from the config.
+    moved_to: where the run's data folder is now (the record's digests decide)."""
     import sys
 
     from imgcls.scan import ScanOptions, scan
@@ -130,6 +147,10 @@ def run_validation_items(run_dir: Path, class_names: list[str]) -> tuple[list[tu
         cfg = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         raise UserError(f"{display(run_dir)}: no config.json; give a DATA_DIR to evaluate on") from None
+    if moved_to is not None:
+        if not Path(moved_to).is_dir():
+            raise UserError(f"{display(moved_to)}: no such folder")
+        cfg["data_dir"] = str(Path(moved_to).expanduser().resolve())
     labels = cfg.get("labels", "folders")
     opts = ScanOptions(max_pixels=cfg["max_pixels"], cache_dir=cfg.get("cache_dir"), labels=labels)
     record = read_record(run_dir)
@@ -154,6 +175,70 @@ def run_validation_items(run_dir: Path, class_names: list[str]) -> tuple[list[tu
         val = split_index(index, cfg["val_split"], cfg["seed"], cfg["split"]).val
     items, names = items_for(val, class_names)
     return items, names, val.root
+
+
+@dataclass
+class EvalSet:
+    """What `evaluate` scores: (path, label) items and their display names, the folder, and
+    what was set apart: training photos of the run (by content) and the scan's rejects."""
+    items: list[tuple[str, int]]
+    names: list[str]
+    root: str
+    training_items: list[tuple[str, int]] = field(default_factory=list)
+    training_names: list[str] = field(default_factory=list)
+    rejected: int = 0
+    all_training: bool = False  # every photo was a training photo: scored anyway, said so
+
+
+def evaluation_set(model_path: Path, class_names: list[str], data_dir=None,
+                   labels: str | None = None, cache_dir: str | None = None,
+                   moved_to: str | None = None) -> EvalSet:
+    """The one rule for what an evaluation scores: the run's own validation files (its data
+    folder at `moved_to` if it moved), or a folder's photos minus those the run trained on
+    (its split record's digests)."""
+    from imgcls.scan import ScanOptions, scan
+    from imgcls.split import DIGEST_CHARS, read_record
+
+    run_dir = model_path if model_path.is_dir() else model_path.parent
+    if data_dir is None:
+        items, names, root = run_validation_items(run_dir, class_names, moved_to)
+        return EvalSet(items, names, root)
+    index = scan(data_dir, ScanOptions(cache_dir=cache_dir, min_classes=1,
+                                       labels=labels or "folders"))
+    items, names = items_for(index, class_names)
+    out = EvalSet(items, names, index.root, rejected=len(index.rejected))
+    record = read_record(run_dir) if (run_dir / "config.json").exists() else None
+    if record is None:
+        return out
+    trained = {row[3] for row in record["train"]}
+    seen = [s.digest[:DIGEST_CHARS] in trained for s in index.samples]
+    if not any(seen):
+        return out
+    if all(seen):
+        out.all_training = True
+        return out
+    keep = [i for i, s in enumerate(seen) if not s]
+    held = [i for i, s in enumerate(seen) if s]
+    out.items, out.names = [items[i] for i in keep], [names[i] for i in keep]
+    out.training_items, out.training_names = [items[i] for i in held], [names[i] for i in held]
+    return out
+
+
+def evaluate_set(predictor: Predictor, es: EvalSet, tta: bool, batch_size: int = 32,
+                 progress: bool | None = False) -> EvalReport:
+    """evaluate() over an EvalSet, with what was set apart counted in the report."""
+    if es.all_training:
+        warnings.warn(f"every photo in {display(es.root)} was in the run's training set: the "
+                      "scores say how well the model fits its training photos, not how it "
+                      "does on new ones", UserWarning, stacklevel=2)
+    report = evaluate(predictor, es.items, es.names, tta=tta, batch_size=batch_size,
+                      progress=progress)
+    report.data, report.rejected = es.root, es.rejected
+    if es.training_items:
+        seen = evaluate(predictor, es.training_items, es.training_names, tta=tta,
+                        batch_size=batch_size)
+        report.in_training, report.training_accuracy = len(es.training_items), seen.accuracy
+    return report
 
 
 def items_for(index, class_names: list[str]) -> tuple[list[tuple[str, int]], list[str]]:

@@ -186,6 +186,7 @@ def from_csv(root: Path, spec: LabelSpec, is_skipped) -> Labelled:
         by_stem.setdefault(os.path.splitext(rel)[0], []).append(rel)
     wanted: dict[str, str] = {}
     problems: dict[str, list[str]] = {"rows naming missing files": [], "empty labels": [],
+                                      "rows naming files outside the data folder": [],
                                       "files listed twice with different labels": [],
                                       "files present but not listed": []}
     conflicted = set()
@@ -193,13 +194,17 @@ def from_csv(root: Path, spec: LabelSpec, is_skipped) -> Labelled:
         if max(pcol, lcol) >= len(row):
             problems["empty labels"].append(f"line {n}")
             continue
-        path = row[pcol].strip().replace("\\", "/").lstrip("./") if row[pcol].strip() else ""
+        path = csv_path(row[pcol], root)
         label = row[lcol].strip()
-        rel = path if path in by_path else (by_stem.get(path) or [None])[0] \
-            if len(by_stem.get(path, [])) == 1 else None
         if not label:
             problems["empty labels"].append(f"line {n}" + (f" ({path})" if path else ""))
             continue
+        if path is None:
+            problems["rows naming files outside the data folder"].append(
+                f"line {n}: {row[pcol].strip()}")
+            continue
+        rel = path if path in by_path else (by_stem.get(path) or [None])[0] \
+            if len(by_stem.get(path, [])) == 1 else None
         if rel is None:
             problems["rows naming missing files"].append(f"line {n}: {path}")
             continue
@@ -223,6 +228,27 @@ def from_csv(root: Path, spec: LabelSpec, is_skipped) -> Labelled:
     index = {c: i for i, c in enumerate(classes)}
     files = [(rel, index[kept[rel]], by_path[rel]) for rel in sorted(kept)]
     return Labelled(classes, files, rejected, ignored, {k: v for k, v in problems.items() if v})
+
+
+def csv_path(text: str, root: Path) -> str | None:
+    """A CSV row's path -> '/'-separated and relative to root; None if it leaves root.
+
+    Relative paths are relative to the data folder (`./a.jpg`, `a/../b.jpg` and Windows
+    backslashes as usual); an absolute path must lie inside it. Nothing is stripped
+    character by character: `../x.jpg` is outside, never `x.jpg`."""
+    import posixpath
+
+    raw = text.strip().replace("\\", "/")
+    if not raw:
+        return ""
+    if os.path.isabs(raw) or re.match(r"^[A-Za-z]:/", raw):
+        for base in (str(root), os.path.realpath(root)):
+            rel = os.path.relpath(os.path.normpath(raw), base).replace(os.sep, "/")
+            if rel != ".." and not rel.startswith("../"):
+                return rel
+        return None
+    rel = posixpath.normpath(raw)
+    return None if rel == ".." or rel.startswith("../") or rel == "." else rel
 
 
 def describe(problems: dict[str, list[str]], n: int = 3) -> list[str]:

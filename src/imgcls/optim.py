@@ -37,8 +37,25 @@ def class_weights(cfg: TrainConfig, labels: np.ndarray, n: int) -> torch.Tensor 
     return torch.tensor(counts.sum() / (n * np.maximum(counts, 1)), dtype=torch.float32)
 
 
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = model.parameters()
+def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices and kernels only: biases and normalisation scales
+    and shifts (every parameter of one dimension or none) are left out, as timm's function
+    of this name and most recipes do. Decaying a BatchNorm scale shrinks a layer's output
+    towards zero for nothing: the next BatchNorm undoes the scale anyway."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module, decay_all: bool = False
+                   ) -> torch.optim.Optimizer:
+    """decay_all: one group, decay on every parameter (runs started before the split into
+    two groups resume with the rule they started with)."""
+    params = (model.parameters() if decay_all
+              else param_groups_weight_decay(model, cfg.weight_decay))
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=True)

@@ -18,9 +18,10 @@ import numpy as np
 
 from imgcls.errors import UserError
 from imgcls.fsutil import display
-from imgcls.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessSpec, Source, load_image
+from imgcls.preprocess import (DEFAULT_MAX_PIXELS, SOURCE_KINDS, ImageError, PreprocessSpec, Source,
+                               is_source, load_image)
 from imgcls.runtime import thread_map
-from imgcls.scan import IMAGE_EXTENSIONS, SYSTEM_FILES
+from imgcls.scan import IMAGE_EXTENSIONS, _might_be_image, _skipped_name
 
 
 @dataclass
@@ -74,21 +75,23 @@ class _TorchBackend:
         except KeyError as exc:
             raise UserError(f"{display(path)}: {exc.args[0]} (made by a newer imgcls?)") from None
         model.load_state_dict(ckpt.weights)
-        self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
         from imgcls.runtime import autocast_for, precision_for
 
         # bf16 where the hardware does it natively (2x on an AVX-512 BF16 CPU, BENCHMARKS.md).
         self.precision = precision_for(self.device.type, amp)
+        self.dtype = torch.float64 if self.precision == "fp64" else torch.float32
+        self.model = model.to(self.device, self.dtype).to(memory_format=torch.channels_last).eval()
         self.autocast, _ = autocast_for(self.device, amp)
 
     def logits(self, batch: np.ndarray, tta: bool) -> np.ndarray:
         """(B, H, W, 3) uint8 -> (B, C) logits (log of the mean probability with TTA)."""
         torch = self.torch
         with torch.inference_mode(), self.autocast():
-            x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
-            out = self.model(x).float()
+            x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).to(self.dtype)
+            wide = torch.float64 if self.dtype == torch.float64 else torch.float32
+            out = self.model(x).to(wide)
             if tta:
-                p = (_probs_t(out) + _probs_t(self.model(x.flip(-1)).float())) / 2
+                p = (_probs_t(out) + _probs_t(self.model(x.flip(-1)).to(wide))) / 2
                 return torch.log(p).cpu().numpy()
             return out.cpu().numpy()
 
@@ -105,14 +108,17 @@ def _probs_t(logits):
 class Predictor:
     """Predict class probabilities for image files (or bytes, or PIL images)."""
 
-    def __init__(self, backend, source: Path):
+    def __init__(self, backend, source: Path, max_pixels: int = DEFAULT_MAX_PIXELS):
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0:
+            raise UserError(f"max-pixels must be a whole number >= 0 (0 = no limit), not "
+                            f"{max_pixels!r}")
         self.backend = backend
         self.source = source
         meta = backend.meta
         self.class_names: list[str] = list(meta["class_names"])
         self.spec = PreprocessSpec.from_dict(meta["preprocess"])
         self.meta = meta
-        self.max_pixels = DEFAULT_MAX_PIXELS  # the decompression-bomb guard (--max-pixels)
+        self.max_pixels = max_pixels  # the decompression-bomb guard (--max-pixels; 0 = none)
 
     @property
     def recommends_tta(self) -> bool:
@@ -121,7 +127,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto",
-                        amp: str = "auto") -> "Predictor":
+                        amp: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS) -> "Predictor":
         """A .safetensors checkpoint, a run folder (its best checkpoint) or an .onnx file.
 
         amp: "auto" (bf16 on a GPU or a CPU that has it natively, else float32), "bf16",
@@ -132,14 +138,14 @@ class Predictor:
 
             if not p.is_file():
                 raise UserError(f"{display(p)}: no such ONNX file")
-            return cls(OnnxBackend(p), p)
+            return cls(OnnxBackend(p), p, max_pixels)
         from imgcls.checkpoint import resolve_model_path  # imports torch: not on the ONNX path
 
         p = resolve_model_path(p)
         from imgcls.runtime import resolve_device
 
         resolve_device(device)  # a bad --device is one line, before the model loads
-        return cls(_TorchBackend(p, device, amp), p)
+        return cls(_TorchBackend(p, device, amp), p, max_pixels)
 
     def probabilities(self, batch: np.ndarray, tta: bool = False) -> np.ndarray:
         """(B, H, W, 3) uint8 prepared images -> (B, C) probabilities."""
@@ -156,6 +162,12 @@ class Predictor:
     def predict(self, sources: Sequence[Source], batch_size: int = 32, tta: bool = False,
                 names: Sequence[str] | None = None, progress: bool | None = False) -> list[Prediction]:
         """One Prediction per source, in order; unreadable ones carry `error` instead."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch size must be a whole number >= 1, not {batch_size!r}")
+        for i, s in enumerate(sources):
+            if not is_source(s):
+                raise UserError(f"input {i}: a {type(s).__name__} is not an image; give "
+                                f"{SOURCE_KINDS}")
         names = list(names) if names is not None else [
             display(s) if isinstance(s, (str, os.PathLike)) else f"<image {i}>"
             for i, s in enumerate(sources)]
@@ -192,6 +204,25 @@ class Predictor:
             return str(exc)
         except OSError as exc:
             return f"unreadable: {exc.strerror or exc}"
+        except MemoryError:
+            return "too large to hold in memory"
+
+
+def _takes(path: str, name: str) -> bool:
+    """What `scan` takes from a folder: regular files only (a FIFO would block the read),
+    image-named ones, and others whose content opens as an image (photos without an
+    extension); notes.txt and the like are passed over quietly, as scan ignores them."""
+    import stat
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+            return True
+        with open(path, "rb") as f:
+            return _might_be_image(f)
+    except OSError:
+        return True  # named in the results as unreadable, not passed over
 
 
 def expand_inputs(items: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -202,12 +233,11 @@ def expand_inputs(items: Iterable[str]) -> tuple[list[str], list[str]]:
         if os.path.isdir(item):
             found = []
             for dirpath, dirnames, filenames in os.walk(item):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                dirnames[:] = sorted(d for d in dirnames if not _skipped_name(d))
                 for f in sorted(filenames):
-                    if f.startswith(".") or f.lower() in SYSTEM_FILES:
-                        continue
-                    if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
-                        found.append(os.path.join(dirpath, f))
+                    path = os.path.join(dirpath, f)
+                    if not _skipped_name(f) and _takes(path, f):
+                        found.append(path)
             if not found:
                 errors.append(f"{display(item)}: no image files in this folder")
             files += found

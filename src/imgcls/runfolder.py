@@ -1,6 +1,7 @@
 """The run folder's writer: what a training run leaves on disk, and in what order.
 
-Owns the files of a run folder (see train.py's docstring for the list): the resolved config,
+Owns the files of a run folder (see train.py's docstring for the list): the lock that keeps
+a second run out of a folder in use, the resolved config,
 the data summary, the split record, one checkpoint per epoch, `last` (a hard link to the
 newest), `best` (weights only), pruning by (epoch, step) and metrics.jsonl. Only rank 0
 writes. Every file goes through fsutil's atomic writers, so a kill at any moment leaves the
@@ -18,7 +19,76 @@ from imgcls.checkpoint import (BEST, EPOCHS, LAST, Checkpoint, CheckpointError, 
                                read_metadata, save_checkpoint)
 from imgcls.fsutil import atomic_write_bytes, atomic_write_json, temp_path_for
 
-METRICS, CONFIG, DATA = "metrics.jsonl", "config.json", "data.json"
+METRICS, CONFIG, DATA, LOCK = "metrics.jsonl", "config.json", "data.json", ".lock"
+
+
+def new_run_dir(data_dir: str, parent: str | os.PathLike = "runs") -> Path:
+    """The default run folder, made now: runs/DATA-YYYYmmdd-HHMMSS, with -2, -3, ... where
+    that exists already (mkdir is atomic, so runs started in the same second never share)."""
+    import time
+
+    base = Path(parent) / f"{Path(data_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{base}: too many runs of that name")
+
+
+class RunLock:
+    """An exclusive lock on a run folder for a run's whole life (rank 0 holds it).
+
+    flock on `RUN/.lock`: the kernel drops it when the process ends, however it ends (kill -9
+    included), so a stale lock never blocks a resume. The file names the holder (pid, host,
+    start time) for the message a second run gets. A folder the lock itself created and
+    nothing else wrote into is removed again on release: a run refused before its first
+    file leaves nothing behind.
+    """
+
+    def __init__(self, run: Path, made_here: bool = False):
+        self.run = run
+        self._fd: int | None = None
+        self._made_folder = made_here  # the folder was made for this run (new_run_dir)
+
+    def acquire(self) -> str | None:
+        """None when locked; otherwise who holds it, in words."""
+        import fcntl
+        import socket
+        import time
+
+        self._made_folder = self._made_folder or not self.run.exists()
+        self.run.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.run / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            return holder
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        self._fd = fd
+        return None
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        import fcntl
+
+        if self._made_folder and [p.name for p in self.run.iterdir()] == [LOCK]:
+            (self.run / LOCK).unlink(missing_ok=True)
+            try:
+                self.run.rmdir()
+            except OSError:
+                pass
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
 
 
 class RunWriter:

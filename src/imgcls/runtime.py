@@ -118,7 +118,7 @@ def precision_for(device_type: str, amp: str, native_bf16: bool | None = None,
     """
     if amp == "off":
         return "fp32"
-    if amp in ("bf16", "fp16"):
+    if amp in ("bf16", "fp16", "fp64"):
         return amp
     if device_type == "cuda":
         if cuda_bf16 is None:
@@ -138,7 +138,7 @@ def autocast_for(device, amp: str, native_bf16: bool | None = None, training: bo
     import torch
 
     precision = precision_for(device.type, amp, native_bf16, training=training)
-    if precision == "fp32":
+    if precision in ("fp32", "fp64"):  # fp64: the model itself is float64 (train.build_state)
         return nullcontext, None
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None

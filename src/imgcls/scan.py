@@ -59,6 +59,13 @@ class ScanOptions:
     min_classes: int = 2  # a training folder needs two; evaluating on a subset needs one
     labels: str = "folders"  # "folders", "name:REGEX" or "csv:FILE[:PATHCOL,LABELCOL]" (labels.py)
 
+    def __post_init__(self):
+        for name, low in (("max_pixels", 0), ("min_side", 1), ("workers", 0), ("min_classes", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise UserError(f"{name.replace('_', '-')} must be a whole number >= {low}, "
+                                f"not {v!r}")
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -405,7 +412,7 @@ def check_file(path: str, image_name: bool, max_pixels: int, min_side: int) -> C
             warnings.simplefilter("ignore")  # DecompressionBombWarning: we apply our own limit
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
-                if w * h > max_pixels:
+                if max_pixels and w * h > max_pixels:  # 0 = no limit of ours
                     return ("rejected", f"too large to decode safely: {w}x{h} = "
                             f"{w * h / 1e6:.1f} MP is over the limit of {max_pixels / 1e6:.1f} MP "
                             "(decompression bomb guard, --max-pixels)", digest, w, h)

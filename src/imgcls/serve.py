@@ -40,6 +40,14 @@ class ServeLimits:
     #                                       scan, train and predict (decompression bombs)
     concurrency: int = 2  # inferences at once; the rest wait in line
 
+    def __post_init__(self):
+        for name, low in (("max_upload_bytes", 1), ("max_files", 1), ("max_pixels", 0),
+                          ("concurrency", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise UserError(f"{name.replace('_', '-')} must be a whole number >= {low}, "
+                                f"not {v!r}")
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str):
@@ -50,7 +58,7 @@ class ApiError(Exception):
 def create_app(model: str | os.PathLike, limits: ServeLimits = ServeLimits(),
                device: str = "auto") -> FastAPI:
     # (FastAPI reads the endpoints' annotations by name, so its types are imported at the top.)
-    predictor = Predictor.from_checkpoint(model, device=device)
+    predictor = Predictor.from_checkpoint(model, device=device, max_pixels=limits.max_pixels)
     limiter = anyio.CapacityLimiter(limits.concurrency)
     page = PAGE.read_text(encoding="utf-8")
     body_limit = limits.max_files * (limits.max_upload_bytes + 64 * 1024)
@@ -78,11 +86,11 @@ def create_app(model: str | os.PathLike, limits: ServeLimits = ServeLimits(),
     async def _unexpected(request, exc):  # pragma: no cover - a bug, still not a crash
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def index():
         return HTMLResponse(page)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return {"status": "ok"}
 
@@ -92,7 +100,7 @@ def create_app(model: str | os.PathLike, limits: ServeLimits = ServeLimits(),
 
     def _prepare(data: bytes) -> np.ndarray:
         try:
-            return load_image(data, predictor.spec, max_pixels=limits.max_pixels)
+            return predictor.prepare(data)
         except ImageError as exc:
             msg = str(exc)
             if msg.startswith("too large"):
@@ -136,6 +144,9 @@ def create_app(model: str | os.PathLike, limits: ServeLimits = ServeLimits(),
                 raise ApiError(400, f"upload field {other[0]!r} is not one of "
                                     f"{', '.join(repr(f) for f in FIELDS)}")
             files = [v for _, v in uploads]
+            if not files and not list(form.multi_items()):
+                raise ApiError(400, "bad upload: the multipart body holds no complete part "
+                                    "(cut short, or no closing boundary)")
             if not files:
                 raise ApiError(400, "no file in the upload (use the field name 'file')")
             if len(files) > limits.max_files:

@@ -53,7 +53,7 @@ from imgcls.models import ModelConfig, create_model
 from imgcls.optim import (class_weights, load_optimizer_state, lr_factor, make_optimizer,
                           optimizer_state)
 from imgcls.preprocess import PreprocessSpec
-from imgcls.runfolder import RunWriter
+from imgcls.runfolder import RunLock, RunWriter
 from imgcls.runtime import autocast_for, cpu_threads, keep_freed_memory, resolve_device
 from imgcls.labels import val_dir_labels
 from imgcls.scan import DatasetIndex, ScanOptions, report_dict, scan
@@ -127,7 +127,7 @@ class TrainData:
 
 
 def prepare_data(cfg: TrainConfig, world: D.World, run: Path | None = None,
-                 resume: bool = False) -> TrainData:
+                 resume: bool = False, spec: PreprocessSpec | None = None) -> TrainData:
     """Scan, split and cache (rank 0 builds the caches, the others wait and reuse them).
 
     On resume the split is the run's record (split.json.gz): the files it trained and
@@ -137,7 +137,8 @@ def prepare_data(cfg: TrainConfig, world: D.World, run: Path | None = None,
                        progress=None if world.main else False, labels=cfg.labels)
     # A validation folder has class folders, or the same file-name rule; a CSV is the data's.
     val_opts = replace(opts, labels=val_dir_labels(cfg.labels))
-    spec = PreprocessSpec(cfg.image_size, cfg.image_size, resize=cfg.resize)
+    # A resumed run keeps the preprocessing it was trained with (an older version included).
+    spec = spec or PreprocessSpec(cfg.image_size, cfg.image_size, resize=cfg.resize)
     record = read_record(run) if resume and run is not None else None
     out = None
     for turn in ("main", "others"):
@@ -149,6 +150,10 @@ def prepare_data(cfg: TrainConfig, world: D.World, run: Path | None = None,
                 val_index = val_index and sample_per_class(val_index, cfg.max_per_class, cfg.seed)
             if record is not None:
                 sp, warnings = restore_split(record, index, val_index)
+                # Decode only the recorded files: a --max-per-class sample stays a sample
+                # (and its cache is the one reused), whatever the folder holds now.
+                index = _only(index, sp.train.samples + ([] if val_index else sp.val.samples))
+                val_index = val_index and _only(val_index, sp.val.samples)
             else:
                 sp = (split_with_val_dir(index, val_index) if val_index else
                       split_index(index, cfg.val_split, cfg.seed, cfg.split))
@@ -168,6 +173,20 @@ def prepare_data(cfg: TrainConfig, world: D.World, run: Path | None = None,
     return out
 
 
+def _only(index: DatasetIndex, samples) -> DatasetIndex:
+    """index restricted to these samples (in the index's order), its report kept."""
+    wanted = {s.path for s in samples}
+    sub = index.subset([i for i, s in enumerate(index.samples) if s.path in wanted])
+    _keep_report(sub, index)
+    return sub
+
+
+def _keep_report(sub: DatasetIndex, index: DatasetIndex) -> None:
+    sub.rejected, sub.ignored = index.rejected, index.ignored
+    sub.duplicates, sub.label_conflicts = index.duplicates, index.label_conflicts
+    sub.label_source, sub.label_problems = index.label_source, index.label_problems
+
+
 def sample_per_class(index: DatasetIndex, n: int, seed: int) -> DatasetIndex:
     """At most n photos of each class, drawn with the seed (the same sample every time)."""
     rng = np.random.default_rng([seed, 7])
@@ -177,8 +196,7 @@ def sample_per_class(index: DatasetIndex, n: int, seed: int) -> DatasetIndex:
         pos = np.flatnonzero(labels == c)
         keep += sorted(rng.permutation(pos)[:n].tolist()) if len(pos) > n else pos.tolist()
     sub = index.subset(sorted(keep))
-    sub.rejected, sub.ignored = index.rejected, index.ignored
-    sub.duplicates, sub.label_conflicts = index.duplicates, index.label_conflicts
+    _keep_report(sub, index)
     return sub
 
 
@@ -192,16 +210,42 @@ def _data_summary(data: TrainData) -> dict:
             "dropped": [d.__dict__ for d in data.cache.dropped]}
 
 
-def _scan_line(index: DatasetIndex) -> str | None:
-    """One line on what the scan left out, so a user never trains past it unaware."""
+CONFLICT_REASON = "listed with two different labels"
+
+
+def _scan_lines(index: DatasetIndex, cfg: TrainConfig) -> list[str]:
+    """What the scan left out or found doubtful, as `imgcls scan` reports it (counts and
+    examples), so a user never trains past it unaware."""
+    from imgcls.labels import describe
+
     parts = []
-    if index.rejected:
-        parts.append(f"{len(index.rejected)} broken file{'s' if len(index.rejected) != 1 else ''} left out")
+    broken = [n for n in index.rejected if not n.reason.startswith(CONFLICT_REASON)]
+    listed_twice = len(index.rejected) - len(broken)
+    if broken:
+        parts.append(f"{len(broken)} broken file{'s' if len(broken) != 1 else ''} left out")
+    if listed_twice:
+        parts.append(f"{listed_twice} file(s) {CONFLICT_REASON} left out")
     if index.label_conflicts:
         parts.append(f"{len(index.label_conflicts)} group(s) of identical files under different classes")
-    if not parts:
-        return None
-    return f"imgcls: note: {'; '.join(parts)} (`imgcls scan {display(index.root)}` lists them)"
+    lines = [f"imgcls: note: {'; '.join(parts)} (`imgcls scan {display(index.root)}` lists them)"] \
+        if parts else []
+    if index.label_source != "folders":
+        lines += [f"imgcls: warning: labels from {display(index.label_source)}: {line}"
+                  for line in describe(index.label_problems)]
+    by_lower: dict[str, list[str]] = {}
+    for name in index.class_names:
+        by_lower.setdefault(name.lower(), []).append(name)
+    lines += [f"imgcls: warning: classes {' and '.join(map(repr, names))} differ only in case: "
+              "two classes, as given" for names in by_lower.values() if len(names) > 1]
+    if not cfg.val_dir:
+        need = math.ceil(1 / cfg.val_split) if cfg.val_split > 0 else 1
+        small = [f"{display(c)} ({n})" for c, n in index.per_class().items() if n < need]
+        if small:
+            lines.append(f"imgcls: warning: class{'es' if len(small) > 1 else ''} "
+                         f"{', '.join(small)} ha{'ve' if len(small) > 1 else 's'} fewer than the "
+                         f"{need} photos a {cfg.val_split:g} validation split needs to hold one "
+                         "back: validation cannot judge it")
+    return lines
 
 
 # ----------------------------------------------------------------------------- state
@@ -236,6 +280,8 @@ class TrainState:
     epochs: int = 0  # epochs the schedule runs over: cfg.epochs, or fewer under --time-limit
     paces: list[float] = field(default_factory=list)  # seconds of each epoch this process ran
     mixup: float = 0.0  # the alpha in use (cfg.mixup resolved for the data size)
+    dtype: torch.dtype = torch.float32  # of the weights and the inputs (float64: --amp fp64)
+    started: float = 0.0  # perf_counter() at which the run, earlier sessions included, began
 
     def plan(self, epochs: int) -> None:
         self.epochs, self.total_steps = epochs, self.steps * epochs
@@ -258,7 +304,8 @@ def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: 
     if resumed is not None:
         _check_resume_matches(resumed, mcfg, data.index.class_names, data.spec, run)
         model.load_state_dict(resumed.weights)
-    model.to(device)
+    dtype = torch.float64 if cfg.amp == "fp64" else torch.float32
+    model.to(device, dtype)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     if cfg.sync_bn and world.active:
@@ -298,10 +345,13 @@ def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: 
     steps = len(train_loader)
     autocast, scaler = autocast_for(device, cfg.amp, training=True)
     w = class_weights(cfg, data.cache.labels[data.train_rows], n_classes)
-    state = TrainState(model, net, make_optimizer(cfg, model), scaler, autocast,
-                       torch.Generator(device=device), None if w is None else w.to(device),
+    old_groups = resumed is not None and \
+        len(resumed.train_meta["optimizer"]["param_groups"]) == 1
+    state = TrainState(model, net, make_optimizer(cfg, model, decay_all=old_groups), scaler, autocast,
+                       torch.Generator(device=device), None if w is None else w.to(device, dtype),
                        micro, steps, steps * cfg.epochs, int(round(cfg.warmup_epochs * steps)))
     state.class_names = list(data.index.class_names)
+    state.dtype = dtype
     state.epochs = cfg.epochs
     state.eval_autocast = autocast_for(device, cfg.amp, training=False)[0]
     state.mixup = mixup_alpha(cfg.mixup, passes)
@@ -337,26 +387,53 @@ def _restore(state: TrainState, ckpt: Checkpoint, cfg: TrainConfig, world: D.Wor
         g = state.epoch * state.steps + state.step
         now = cfg.lr * lr_factor(g, state.steps * old_epochs, state.warmup, cfg.schedule)
         new = cfg.lr * lr_factor(g, state.total_steps, state.warmup, cfg.schedule)
+        change = (f"the next step runs at {new:.3g} instead of {now:.3g}"
+                  if abs(new - now) > 1e-3 * max(abs(now), 1e-12) else
+                  f"the next step's rate stays {now:.3g} (still warming up); the decay after "
+                  "it is stretched or shortened")
         _log(world, f"imgcls: note: --epochs {cfg.epochs} (was {old_epochs}) re-times the "
-             f"{cfg.schedule} learning-rate schedule over {cfg.epochs} epochs: the next step "
-             f"runs at {new:.3g} instead of {now:.3g}", file=sys.stderr)
+             f"{cfg.schedule} learning-rate schedule over {cfg.epochs} epochs: {change}",
+             file=sys.stderr)
+
+
+def _rng_states(state: TrainState, device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random streams: dropout/mixup (torch's global) and augmentation."""
+    out = {"rng.cpu": torch.get_rng_state(), "rng.aug": state.aug_gen.get_state()}
+    if device.type == "cuda":
+        out["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def gather_rng_states(state: TrainState, world: D.World, device: torch.device) -> dict:
+    """Every rank's random streams, as "rng.cpu.R" etc. (called on every rank), so a run
+    stopped mid-epoch resumes each rank with its own streams, not rank 0's."""
+    mine = _rng_states(state, device)
+    if not world.active:
+        return mine
+    out = {}
+    for key, t in mine.items():
+        local = t.to(device)
+        parts = [torch.empty_like(local) for _ in range(world.size)]
+        torch.distributed.all_gather(parts, local)
+        out.update({f"{key}.{r}": p.cpu() for r, p in enumerate(parts)})
+    return out
 
 
 def _checkpoint(state: TrainState, meta_base: dict, world: D.World, device: torch.device,
                 epoch_done: int, step_done: int, metrics: dict, full: bool = True,
-                partial: list[float] | None = None) -> Checkpoint:
-    """epoch_done = finished epochs, step_done = steps into the next one."""
+                partial: list[float] | None = None, rng: dict | None = None) -> Checkpoint:
+    """epoch_done = finished epochs, step_done = steps into the next one; rng: every rank's
+    streams (gather_rng_states) for a mid-epoch checkpoint."""
     train_tensors, train_meta = {}, {}
     if full:
         t, om = optimizer_state(state.opt)
-        train_tensors = dict(t, **{"rng.cpu": torch.get_rng_state(),
-                                   "rng.aug": state.aug_gen.get_state()})
-        if device.type == "cuda":
-            train_tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+        train_tensors = dict(t, **(rng or _rng_states(state, device)))
         train_meta = {"optimizer": om, "epoch": epoch_done, "step": step_done,
                       "history": state.history, "best": state.best,
                       "bad_epochs": state.bad_epochs, "world_size": world.size,
                       "partial": partial, "schedule_epochs": state.epochs,
+                      # the run's wall-clock so far: --time-limit is the run's total
+                      "elapsed_s": time.perf_counter() - state.started,
                       "scaler": state.scaler.state_dict() if state.scaler is not None else None}
     return Checkpoint(state.model.state_dict(), dict(meta_base, epoch=epoch_done,
                                                      step=step_done, metrics=metrics),
@@ -417,14 +494,18 @@ def epochs_that_fit(cfg: TrainConfig, state: TrainState, h: dict) -> int:
 # ----------------------------------------------------------------------------- fit
 
 
-def fit(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False) -> FitResult:
-    """Train per cfg into run_dir. Raises UserError for bad input (one line, no traceback)."""
+def fit(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
+        made_here: bool = False) -> FitResult:
+    """Train per cfg into run_dir. Raises UserError for bad input (one line, no traceback).
+
+    made_here: run_dir was made empty for this run (removed again if the run stops before
+    writing anything)."""
     run = Path(run_dir).expanduser().resolve()
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     world = D.init(device.type)
     try:
-        return _fit(cfg, run, resume, device, world, started)
+        return _fit(cfg, run, resume, device, world, started, made_here)
     except (RuntimeError, OSError) as exc:
         if not world.active or not _looks_like_lost_peer(exc):
             raise
@@ -449,6 +530,8 @@ def _precision_line(device: torch.device, amp: str) -> str:
     from imgcls.runtime import precision_for
 
     p = precision_for(device.type, amp, training=True)
+    if p == "fp64":
+        return "float64 throughout (--amp fp64: for checking, several times slower)"
     if p == "fp32":
         why = ("--amp off" if amp == "off" else "--amp auto trains in float32 on a CPU; "
                "--amp bf16 to train in bf16")
@@ -482,8 +565,22 @@ def _setup_device(cfg: TrainConfig, device: torch.device, world: D.World) -> tor
 
 
 def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
-         world: D.World, started: float) -> FitResult:
+         world: D.World, started: float, made_here: bool = False) -> FitResult:
     device = _setup_device(cfg, device, world)
+    lock = RunLock(run, made_here) if world.main else None
+    holder = lock.acquire() if lock is not None else None
+    try:
+        if D.agree(world, device, busy=holder is not None)["busy"]:
+            _stop_everywhere(world, f"{display(run)} is in use by another imgcls run "
+                             f"({holder}); wait for it to end, or choose another --out")
+        return _fit_locked(cfg, run, resume, device, world, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit_locked(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
+                world: D.World, started: float) -> FitResult:
     writer = RunWriter(run, cfg.keep)
     resumed = None
     if resume:
@@ -494,7 +591,8 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
         _stop_everywhere(world, f"{display(run)} already holds a run; continue it with "
                          f"`imgcls train --resume {display(run)}` or choose another --out")
 
-    data = prepare_data(cfg, world, run, resume)
+    data = prepare_data(cfg, world, run, resume, None if resumed is None else
+                        PreprocessSpec.from_dict(resumed.meta["preprocess"]))
     index = data.index
     n_classes = len(index.class_names)
     _log(world, f"Found {len(index.samples) + (len(data.split.val.samples) if cfg.val_dir else 0)}"
@@ -502,12 +600,13 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
     if cfg.max_per_class:
         _log(world, f"(a seeded sample of at most {cfg.max_per_class} photos per class: "
              "--max-per-class)")
-    for line in filter(None, [_scan_line(index)] + [f"imgcls: warning: {w}" for w in data.warnings]):
+    for line in _scan_lines(index, cfg) + [f"imgcls: warning: {w}" for w in data.warnings]:
         _log(world, line, file=sys.stderr)
     D.check_consistent(world, {"fingerprint": index.fingerprint, "torch": torch.__version__,
                                "imgcls": __version__, "batch": cfg.batch_size,
                                "cache": str(data.cache.folder)})
     state, train_loader, val_loader = build_state(cfg, data, device, world, resumed, run)
+    state.started = started - (_elapsed_before(resumed) if resumed is not None else 0.0)
     _log(world, f"Precision: {_precision_line(device, cfg.amp)}")
     if train_loader.passes > 1:
         _log(world, f"Each epoch passes {train_loader.passes} times over the "
@@ -525,9 +624,15 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
     meta_base = {"class_names": index.class_names, "preprocess": data.spec.to_dict(),
                  "model": ModelConfig(cfg.model, n_classes, dict(cfg.model_options)).to_dict(),
                  "config": cfg.to_dict(), "data_fingerprint": index.fingerprint}
+    if cfg.time_limit and resumed is not None and \
+            time.perf_counter() - state.started >= cfg.time_limit * 60:
+        _log(world, f"Time limit: this run has already trained for "
+             f"{(time.perf_counter() - state.started) / 60:.1f} of its {cfg.time_limit:g} "
+             "minutes (--time-limit is the run's total); give a larger --time-limit to train on")
+        return FitResult(run, state.history, _best_epoch(cfg, state.history))
     with _StopFlag() as stop:
         return _epochs(cfg, run, state, train_loader, val_loader, writer, meta_base, world,
-                       device, stop, started)
+                       device, stop, state.started)
 
 
 def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWriter,
@@ -558,11 +663,13 @@ def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWr
                     state.history[-1]["epoch"] if state.history else 0))
             if out.stop.get("signal") and out.step < state.steps:
                 D.all_sum(world, out.sums)  # partial sums of every rank, for the resume
+                rng = gather_rng_states(state, world, device)
                 if world.main:
                     s = out.sums.tolist()
                     writer.save(run / LAST, _checkpoint(
                         state, meta_base, world, device, epoch, out.step, {},
-                        partial=[s[0], s[1], s[2], out.seen * world.size, out.seconds]))
+                        partial=[s[0], s[1], s[2], out.seen * world.size, out.seconds],
+                        rng=rng))
                 D.barrier(world)
                 _log(world, f"Stopped in epoch {epoch + 1} at step {out.step}/{state.steps}. "
                      f"Resume with: imgcls train --resume {display(run)}")
@@ -596,20 +703,40 @@ def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWr
     finally:
         if tb is not None:
             tb.close()
-    if not result.best_epoch and state.history:
-        vals = [h[cfg.monitor] for h in state.history]
-        result.best_epoch = 1 + (int(np.argmax(vals)) if MAXIMIZE[cfg.monitor] else int(np.argmin(vals)))
+    if not result.best_epoch:
+        result.best_epoch = _best_epoch(cfg, state.history)
     return result
+
+
+def _best_epoch(cfg: TrainConfig, history: list[dict]) -> int:
+    if not history:
+        return 0
+    vals = [h[cfg.monitor] for h in history]
+    return 1 + (int(np.argmax(vals)) if MAXIMIZE[cfg.monitor] else int(np.argmin(vals)))
+
+
+def _elapsed_before(ckpt: Checkpoint) -> float:
+    """Seconds the run had trained when ckpt was saved (older checkpoints: the last
+    epoch's clock)."""
+    tm = ckpt.train_meta
+    if tm.get("elapsed_s") is not None:
+        return float(tm["elapsed_s"])
+    history = tm.get("history") or []
+    return float(history[-1].get("elapsed_s", 0.0)) if history else 0.0
 
 
 def _seed_epoch(state: TrainState, cfg: TrainConfig, world: D.World, device: torch.device,
                 epoch: int, mid: bool) -> None:
     if mid and state.resumed is not None:
         t = state.resumed.train_tensors
-        torch.set_rng_state(t["rng.cpu"])
-        state.aug_gen.set_state(t["rng.aug"].to("cpu"))
-        if device.type == "cuda" and "rng.cuda" in t:
-            torch.cuda.set_rng_state(t["rng.cuda"], device)
+
+        def own(key: str) -> str:  # this rank's streams (older checkpoints: rank 0's only)
+            return f"{key}.{world.rank}" if f"{key}.{world.rank}" in t else key
+
+        torch.set_rng_state(t[own("rng.cpu")])
+        state.aug_gen.set_state(t[own("rng.aug")].to("cpu"))
+        if device.type == "cuda" and own("rng.cuda") in t:
+            torch.cuda.set_rng_state(t[own("rng.cuda")], device)
     else:
         torch.manual_seed(_seed_for(cfg.seed, epoch, world.rank, 0))
         state.aug_gen.manual_seed(_seed_for(cfg.seed, epoch, world.rank, 1))
@@ -624,7 +751,9 @@ def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_lo
         state.recal_loader.set_epoch(state.epoch)
         recalibrate(state.model, state.recal_loader, cfg.bn_recalibrate, state.micro,
                     state.autocast, world)
-    v = run_validation(state.net, val_loader, world, state.eval_autocast,
+    # The bare model, not the DDP wrapper: a rank with fewer validation batches (or none)
+    # must not wait in a collective of a DDP forward that the others do not enter.
+    v = run_validation(state.model, val_loader, world, state.eval_autocast,
                        len(state.class_names))
     s = out.sums.tolist()
     h = {"epoch": state.epoch + 1, "loss": s[0] / max(1.0, s[2]),
@@ -727,7 +856,8 @@ def _auto_micro_batch(model: nn.Module, size: int, batch: int, device: torch.dev
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+            p = next(model.parameters())
+            model(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
     finally:
         for h in hooks:
             h.remove()
