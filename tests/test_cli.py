@@ -122,3 +122,89 @@ def test_a_device_imgcls_cannot_use_is_one_line(trained, capsys):
     assert main(["predict", str(run), good, "--device", "tpu"]) == 2
     errs = images.error_lines(capsys.readouterr().err)
     assert len(errs) == 1 and "not a device imgcls can use" in errs[0]
+
+
+# ----------------------------------------------------------------------------- every mistake
+
+def _mistakes(data, run, tmp):
+    """(argv, words): each a mistake a user made on old main that ended in a traceback or a
+    misleading line; each must now be one `imgcls: error:` line naming the problem."""
+    photo = str(data / "cat" / "cat.0.jpg")
+    tiny = ["--preset", "tutorial", "--model", "xception-tiny", "--epochs", "1"]
+    bad_cfg = {}
+    for name, content in (("lr", '{"lr": "fast"}'), ("bs", '{"batch_size": "8"}'),
+                          ("size", '{"image_size": [40, 32]}'), ("seed", '{"seed": 3.5}'),
+                          ("list", "[1, 2]"), ("bool", '{"batch_size": true}')):
+        bad_cfg[name] = tmp / f"{name}.json"
+        bad_cfg[name].write_text(content)
+    out = str(tmp / "new-run")
+    return [
+        (["predict", run, photo, "--batch-size", "0"], "--batch-size: must be at least 1"),
+        (["evaluate", run, "--batch-size", "-3"], "--batch-size: must be at least 1"),
+        (["train", data, "--out", out, "--weight-decay", "-1", *tiny], "weight decay must be >= 0"),
+        (["train", data, "--out", out, "--seed", "-1", *tiny], "seed must be >= 0"),
+        (["train", data, "--out", out, "--batch-size", "1", "--image-size", "32", *tiny],
+         "batch size must be at least 2"),
+        (["train", data, "--out", out, "--micro-batch", "1", "--image-size", "32", *tiny],
+         "micro batch must be 0 (automatic) or at least 2"),
+        (["train", data, "--out", out, "--image-size", "100000", *tiny], "image size must be 1 to 2048"),
+        (["train", data, "--out", "/proc/x", *tiny], "cannot write the run folder /proc/x"),
+        (["train", data, "--out", f"{run}/best.safetensors/x", *tiny], "Not a directory"),
+        (["scan", data, "--workers", "-1"], "--workers: must be at least 0"),
+        (["train", data, "--out", out, "--config", bad_cfg["lr"], *tiny], "lr must be a number"),
+        (["train", data, "--out", out, "--config", bad_cfg["bs"], *tiny], "batch-size must be a whole number"),
+        (["train", data, "--out", out, "--config", bad_cfg["size"], *tiny], "image-size must be a whole number"),
+        (["train", data, "--out", out, "--config", bad_cfg["seed"], *tiny], "seed must be a whole number"),
+        (["train", data, "--out", out, "--config", bad_cfg["list"], *tiny], "not a list"),
+        (["train", data, "--out", out, "--config", bad_cfg["bool"], *tiny], "not True (bool)"),
+        (["scan", data, "--max-pixels", "-1"], "--max-pixels: must be at least 0"),
+        (["predict", run, photo, "--max-pixels", "-5"], "--max-pixels: must be at least 0"),
+        (["serve", run, "--max-upload-mb", "-1"], "--max-upload-mb: must be at least"),
+        (["serve", run, "--max-files", "0"], "--max-files: must be at least 1"),
+        (["train", "--resume", run, "--out", tmp / "other"], "a resumed run continues in its own folder"),
+        (["train", data, "--epochs", "x"], "--epochs: invalid int value: 'x'"),
+        (["predict"], "the following arguments are required"),
+    ]
+
+
+def test_every_listed_mistake_is_one_line_with_exit_2(trained, tmp_path, capsys):
+    data, run = trained
+    for argv, words in _mistakes(data, run, tmp_path):
+        capsys.readouterr()
+        rc = main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        errs = images.error_lines(err)
+        assert rc == 2 and len(errs) == 1 and words in errs[0], (argv, rc, err)
+        assert not (tmp_path / "new-run").exists(), argv  # nothing left behind
+        assert not (tmp_path / "other").exists(), argv
+
+
+def test_max_pixels_zero_means_no_limit_everywhere(trained, capsys):
+    data, run = trained
+    assert main(["scan", str(data), "--max-pixels", "0"]) == 0
+    assert "Found 30 files" in capsys.readouterr().out
+    assert main(["predict", str(run), str(data / "cat" / "cat.0.jpg"), "--max-pixels", "0"]) == 0
+    for cmd in ("scan", "train", "predict", "serve"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        assert "0 = no limit" in capsys.readouterr().out, cmd
+
+
+def test_the_api_refuses_or_takes_every_input_kind(trained):
+    import numpy as np
+    import torch
+
+    import imgcls
+
+    data, run = trained
+    model = imgcls.load(run)
+    photo = data / "cat" / "cat.0.jpg"
+    want = model.probabilities(photo)
+    assert np.allclose(model.probabilities(photo.read_bytes()), want, atol=1e-4)
+    arr = np.asarray(__import__("PIL.Image").Image.open(photo).convert("RGB"))
+    assert np.allclose(model.probabilities(torch.from_numpy(arr.copy()).permute(2, 0, 1)),
+                       want, atol=1e-4)
+    with pytest.raises(imgcls.UserError, match="an empty array"):
+        model.probabilities(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(imgcls.UserError, match="NoneType is not an image"):
+        model.predict(None)

@@ -100,3 +100,72 @@ def test_labels_from_a_csv_with_every_kind_of_bad_row(tmp_path, capsys):
     ids.write_text("id,breed\n" + "".join(f"img/a{i},ant\nimg/b{i},bee\n" for i in range(8)))
     index = scan(root, ScanOptions(labels=f"csv:{ids}:id,breed"))
     assert index.per_class() == {"ant": 8, "bee": 8}
+
+
+def test_csv_paths_are_resolved_and_those_leaving_the_folder_refused(tmp_path, capsys):
+    """Old main stripped `./` character by character: `../outside.jpg` labelled
+    DATA/outside.jpg and `/etc/passwd.jpg` DATA/etc/passwd.jpg."""
+    root = tmp_path / "data"
+    for i in range(4):
+        images.jpeg(root / f"a{i}.jpg", seed=i)
+        images.jpeg(root / f"b{i}.jpg", seed=50 + i)
+    images.jpeg(root / "outside.jpg", seed=90)  # same names as the rows that leave the folder
+    images.jpeg(root / "etc" / "passwd.jpg", seed=91)
+    images.jpeg(root / "c0.jpg", seed=92)
+    images.jpeg(tmp_path / "outside.jpg", seed=93)
+    rows = ["path,label"] + [f"./a{i}.jpg,ant" for i in range(4)]
+    rows += [f"sub/../b{i}.jpg,bee" for i in range(3)] + [f"{root / 'b3.jpg'},bee"]
+    rows += ["../outside.jpg,ant", "/etc/passwd.jpg,bee", "c0.jpg,"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    index = scan(root, ScanOptions(labels=f"csv:{tmp_path / 'labels.csv'}"))
+    labelled = {s.path: index.class_names[s.label] for s in index.samples}
+    assert labelled == {**{f"a{i}.jpg": "ant" for i in range(4)},
+                        **{f"b{i}.jpg": "bee" for i in range(4)}}
+    outside = index.label_problems["rows naming files outside the data folder"]
+    assert outside == ["line 10: ../outside.jpg", "line 11: /etc/passwd.jpg"]
+    reasons = {n.path: n.reason for n in index.ignored}
+    assert reasons["c0.jpg"] == "its row in labels.csv has an empty label"
+    assert reasons["outside.jpg"] == "not listed in labels.csv"
+
+
+def test_train_prints_what_scan_reports_about_labels(flat, tmp_path):
+    """Old main: train said nothing of unlabelled files, bad rows or listed-twice files."""
+    images.jpeg(flat / "Cat.7.jpg", seed=7)  # a capital: the rule does not match it
+    res = subprocess.run([sys.executable, "-m", "imgcls", "train", str(flat), "--out",
+                          str(tmp_path / "run"), "--labels", KAGGLE, "--epochs", "1",
+                          "--preset", "tutorial", "--model", "xception-tiny", "--image-size",
+                          "32", "--batch-size", "8"], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "file names without a label: Cat.7.jpg, unknown.jpg" in res.stderr
+    root = tmp_path / "data"
+    for i in range(6):
+        images.jpeg(root / f"a{i}.jpg", seed=i)
+        images.jpeg(root / f"b{i}.jpg", seed=50 + i)
+    rows = ["path,label"] + [f"a{i}.jpg,ant" for i in range(6)] + \
+        [f"b{i}.jpg,bee" for i in range(6)] + ["a0.jpg,bee", "gone.jpg,ant"]
+    (tmp_path / "l.csv").write_text("\n".join(rows) + "\n")
+    res = subprocess.run([sys.executable, "-m", "imgcls", "train", str(root), "--out",
+                          str(tmp_path / "run2"), "--labels", f"csv:{tmp_path / 'l.csv'}",
+                          "--epochs", "1", "--preset", "tutorial", "--model", "xception-tiny",
+                          "--image-size", "32", "--batch-size", "4"], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "1 rows naming missing files: line 15: gone.jpg" in res.stderr
+    assert "1 files listed twice with different labels: a0.jpg (ant, bee)" in res.stderr
+    assert "broken file" not in res.stderr  # a conflict is no broken file
+
+
+def test_classes_that_differ_only_in_case_are_named(tmp_path):
+    root = tmp_path / "flat"
+    for i in range(6):
+        images.jpeg(root / f"cat.{i}.jpg", seed=i)
+        images.jpeg(root / f"dog.{i}.jpg", seed=50 + i)
+    images.jpeg(root / "Cat.9.jpg", seed=9)
+    res = subprocess.run([sys.executable, "-m", "imgcls", "train", str(root), "--out",
+                          str(tmp_path / "run"), "--labels", r"name:^([A-Za-z]+)\.", "--epochs",
+                          "1", "--preset", "tutorial", "--model", "xception-tiny",
+                          "--image-size", "32", "--batch-size", "4"], capture_output=True,
+                         text=True, timeout=300)
+    assert "classes 'Cat' and 'cat' differ only in case" in res.stderr
+    assert "Cat (1) has fewer than the 5 photos" in res.stderr

@@ -42,6 +42,8 @@ class TrainConfig:
     optimizer: str = "adam"  # "adam", "adamw" or "sgd"
     lr: float = 3e-4  # peak learning rate
     weight_decay: float = 0.0
+    decay_1d: bool = False  # weight decay on biases and normalisation weights too (the rule
+    #                         before 0.2; off: timm's param_groups_weight_decay)
     momentum: float = 0.9  # sgd only
     schedule: str = "constant"  # "constant", "cosine" or "onecycle"
     warmup_epochs: float = 0.0  # linear warm-up, epochs (fractions allowed)

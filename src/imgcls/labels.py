@@ -189,7 +189,7 @@ def from_csv(root: Path, spec: LabelSpec, is_skipped) -> Labelled:
                                       "rows naming files outside the data folder": [],
                                       "files listed twice with different labels": [],
                                       "files present but not listed": []}
-    conflicted = set()
+    conflicted, unlabelled = set(), set()
     for n, row in enumerate(rows, 2 if header else 1):
         if max(pcol, lcol) >= len(row):
             problems["empty labels"].append(f"line {n}")
@@ -198,6 +198,8 @@ def from_csv(root: Path, spec: LabelSpec, is_skipped) -> Labelled:
         label = row[lcol].strip()
         if not label:
             problems["empty labels"].append(f"line {n}" + (f" ({path})" if path else ""))
+            if path:
+                unlabelled.add(path)
             continue
         if path is None:
             problems["rows naming files outside the data folder"].append(
@@ -216,11 +218,16 @@ def from_csv(root: Path, spec: LabelSpec, is_skipped) -> Labelled:
     ignored = list(skipped)
     from imgcls.scan import IMAGE_EXTENSIONS
 
+    name = os.path.basename(spec.csv_file)
     for rel in by_path:
-        if rel not in wanted:
-            if os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS:
-                problems["files present but not listed"].append(rel)
-            ignored.append((rel, f"not listed in {os.path.basename(spec.csv_file)}"))
+        if rel in wanted:
+            continue
+        if rel in unlabelled or os.path.splitext(rel)[0] in unlabelled:
+            ignored.append((rel, f"its row in {name} has an empty label"))
+            continue
+        if os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS:
+            problems["files present but not listed"].append(rel)
+        ignored.append((rel, f"not listed in {name}"))
     rejected = [(rel, "listed with two different labels in "
                       f"{os.path.basename(spec.csv_file)}") for rel in sorted(conflicted)]
     kept = {rel: lab for rel, lab in wanted.items() if rel not in conflicted}

@@ -60,9 +60,16 @@ class RunLock:
         import socket
         import time
 
+        from imgcls.errors import UserError
+        from imgcls.fsutil import display
+
         self._made_folder = self._made_folder or not self.run.exists()
-        self.run.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.run / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.run.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.run / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UserError(f"cannot write the run folder {display(self.run)}: "
+                            f"{exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -345,9 +345,10 @@ def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: 
     steps = len(train_loader)
     autocast, scaler = autocast_for(device, cfg.amp, training=True)
     w = class_weights(cfg, data.cache.labels[data.train_rows], n_classes)
-    old_groups = resumed is not None and \
-        len(resumed.train_meta["optimizer"]["param_groups"]) == 1
-    state = TrainState(model, net, make_optimizer(cfg, model, decay_all=old_groups), scaler, autocast,
+    # A run started with one parameter group (before 0.2) resumes with the rule it had.
+    decay_all = cfg.decay_1d or (resumed is not None and
+                                 len(resumed.train_meta["optimizer"]["param_groups"]) == 1)
+    state = TrainState(model, net, make_optimizer(cfg, model, decay_all), scaler, autocast,
                        torch.Generator(device=device), None if w is None else w.to(device, dtype),
                        micro, steps, steps * cfg.epochs, int(round(cfg.warmup_epochs * steps)))
     state.class_names = list(data.index.class_names)
@@ -568,11 +569,19 @@ def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
          world: D.World, started: float, made_here: bool = False) -> FitResult:
     device = _setup_device(cfg, device, world)
     lock = RunLock(run, made_here) if world.main else None
-    holder = lock.acquire() if lock is not None else None
+    problem = None
+    if lock is not None:
+        try:
+            holder = lock.acquire()
+            if holder is not None:
+                problem = (f"{display(run)} is in use by another imgcls run ({holder}); wait "
+                           "for it to end, or choose another --out")
+        except UserError as exc:
+            problem = str(exc)
     try:
-        if D.agree(world, device, busy=holder is not None)["busy"]:
-            _stop_everywhere(world, f"{display(run)} is in use by another imgcls run "
-                             f"({holder}); wait for it to end, or choose another --out")
+        # Every rank hears rank 0's answer before any of them reads a photo.
+        if D.agree(world, device, busy=problem is not None)["busy"]:
+            _stop_everywhere(world, problem or "rank 0 could not take the run folder")
         return _fit_locked(cfg, run, resume, device, world, started)
     finally:
         if lock is not None:

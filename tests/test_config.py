@@ -1,0 +1,72 @@
+"""config: every setting checked by type and range, wherever it comes from (flags, a config
+file, imgcls.fit), before any photo is read or any folder is made."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import images
+import imgcls
+from imgcls.config import TrainConfig, check_types, resolve
+from imgcls.errors import UserError
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"tta": "false"}, "tta must be true or false, not 'false'"),
+    ({"flip": "no"}, "flip must be true or false, not 'no'"),
+    ({"epochs": 1.7}, "epochs must be a whole number, not 1.7"),
+    ({"lr": "fast"}, "lr must be a number, not 'fast'"),
+    ({"batch_size": "8"}, "batch-size must be a whole number, not '8'"),
+    ({"batch_size": True}, "batch-size must be a whole number, not True"),
+    ({"image_size": [40, 32]}, "image-size must be a whole number, not [40, 32]"),
+    ({"seed": 3.5}, "seed must be a whole number, not 3.5"),
+    ({"model_options": [1]}, "model-options must be a table of options"),
+    ({"val_dir": 3}, "val-dir must be a string, not 3"),
+])
+def test_a_value_of_the_wrong_type_is_named(settings, words, tmp_path):
+    with pytest.raises(UserError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        check_types(settings, "x")
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps(settings))
+    with pytest.raises(UserError, match=str(f)):
+        resolve({"data_dir": str(tmp_path)}, "tutorial", str(f))
+
+
+def test_numbers_of_the_right_kind_pass_and_ints_are_fine_floats():
+    check_types({"lr": 1, "epochs": 3, "flip": False, "val_dir": None, "mixup": "auto"}, "x")
+    cfg = resolve({"data_dir": "/d", "lr": 1}, "tutorial")
+    assert cfg.lr == 1 and isinstance(cfg, TrainConfig)
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"weight_decay": -1.0}, "weight decay must be >= 0"),
+    ({"seed": -1}, "seed must be >= 0"),
+    ({"batch_size": 1}, "batch size must be at least 2"),
+    ({"micro_batch": 1}, "micro batch must be 0 (automatic) or at least 2"),
+    ({"image_size": 100000}, "image size must be 1 to 2048 pixels"),
+    ({"max_pixels": -1}, "max-pixels must be >= 0 (0 = no limit)"),
+    ({"lr": float("nan")}, "lr must be a finite number"),
+    ({"momentum": 1.5}, "momentum must be in"),
+])
+def test_values_out_of_range_are_refused_before_anything_is_read(settings, words, tmp_path):
+    with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        resolve({"data_dir": str(tmp_path), **settings}, "tutorial")
+
+
+def test_a_config_file_holds_a_table(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a list"):
+        resolve({"data_dir": "/d"}, "tutorial", str(f))
+
+
+def test_fit_checks_its_arguments_before_making_anything(tmp_path):
+    data = images.two_class_tree(tmp_path / "d", 4, 40)
+    for bad, words in (({"epochs": "2"}, "fit\\(\\): epochs must be a whole number"),
+                       ({"flip": "no"}, "flip must be true or false"),
+                       ({"batch_size": 1}, "batch size must be at least 2")):
+        with pytest.raises(imgcls.UserError, match=words):
+            imgcls.fit(data, out=tmp_path / "run", **bad)
+        assert not (tmp_path / "run").exists()
