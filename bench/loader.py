@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgcls.augment import AugmentConfig, augment_batch, to_float
-from imgcls.cache import build_cache
-from imgcls.loader import BatchLoader
-from imgcls.preprocess import PreprocessSpec
+from imgcls.data.augment import AugmentConfig, augment_batch, to_float
+from imgcls.data.cache import build_cache
+from imgcls.data.loader import BatchLoader
+from imgcls.data.preprocess import PreprocessSpec
+from imgcls.data.scan import ScanOptions, scan
 from imgcls.runtime import cpu_threads, keep_freed_memory
-from imgcls.scan import ScanOptions, scan
-
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "catsdogs" / "train"
 

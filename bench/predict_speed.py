@@ -3,7 +3,7 @@
     .venv/bin/python bench/predict_speed.py RUN [--photos DIR] [--n 256] [--threads 2]
 
 Exports RUN's best checkpoint to ONNX (into a temp folder), then for each path through
-`imgcls.predict.Predictor` (what `imgcls predict` and `imgcls serve` call):
+`imgcls.infer.predictor.Predictor` (what `imgcls predict` and `imgcls serve` call):
 - model only: images/s on prepared uint8 batches of 1 and 32 (no decoding);
 - end to end: images/s of `Predictor.predict(files, batch_size=32)` on real photos (decode,
   orient, resize, model), and the p50/p99 latency of one photo at a time (batch 1), which is
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgcls.export import export_onnx
-from imgcls.predict import Predictor
+from imgcls.infer.export import export_onnx
+from imgcls.infer.predictor import Predictor
 from imgcls.runtime import cpu_native_bf16, keep_freed_memory
 
 PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "catsdogs" / "val"
@@ -62,7 +62,7 @@ def main() -> None:
                 continue
             p = make()
             if hasattr(p.backend, "session"):  # the same thread count for both engines
-                from imgcls.onnx_backend import OnnxBackend
+                from imgcls.infer.onnx_backend import OnnxBackend
 
                 p.backend = OnnxBackend(onnx, threads=args.threads)
             s = p.spec

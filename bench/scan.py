@@ -20,7 +20,7 @@ from pathlib import Path
 import PIL
 
 import imgcls
-from imgcls.scan import ScanOptions, scan
+from imgcls.data.scan import ScanOptions, scan
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "catsdogs" / "train"
 

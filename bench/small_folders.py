@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from imgcls.config import resolve
-from imgcls.evaluate import evaluate, items_for
-from imgcls.predict import Predictor
-from imgcls.scan import ScanOptions, scan
+from imgcls.data.scan import ScanOptions, scan
+from imgcls.infer.evaluate import evaluate, items_for
+from imgcls.infer.predictor import Predictor
 from imgcls.train import fit
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "catsdogs"

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from imgcls.config import resolve
-from imgcls.evaluate import evaluate, items_for
-from imgcls.predict import Predictor
-from imgcls.scan import ScanOptions, scan
+from imgcls.data.scan import ScanOptions, scan
+from imgcls.infer.evaluate import evaluate, items_for
+from imgcls.infer.predictor import Predictor
 from imgcls.train import fit
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "catsdogs"
@@ -75,7 +75,7 @@ def main() -> None:
                         round(h["accuracy"], 4), round(h["val_loss"], 4), round(h["val_accuracy"], 4)])
     from matplotlib.figure import Figure
 
-    from imgcls.plots import _save
+    from imgcls.viz.plots import _save
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot(1, 1, 1)

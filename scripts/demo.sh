@@ -45,8 +45,8 @@ imgcls evaluate "$RUN"
 # that shows what a trained model says, not on whichever file sorts first.
 PHOTO=$("$PY" - "$RUN" <<'PYEOF'
 import sys
-from imgcls.evaluate import run_validation_items
-from imgcls.predict import Predictor
+from imgcls.infer.evaluate import run_validation_items
+from imgcls.infer.predictor import Predictor
 from pathlib import Path
 run = Path(sys.argv[1])
 p = Predictor.from_checkpoint(run)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
+import images
 import numpy as np
 import pytest
 from PIL import Image
 
-import images
 import imgcls
 
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import math
 
+import images
 import numpy as np
 import torch
 
-import images
-from imgcls.augment import (AugmentConfig, augment_batch, random_flip, random_rotation,
-                            rotate, to_float)
+from imgcls.data.augment import (
+    AugmentConfig,
+    augment_batch,
+    random_flip,
+    random_rotation,
+    rotate,
+    to_float,
+)
 
 
 def batch(n=8, h=20, w=28):

@@ -7,13 +7,13 @@ import json
 import subprocess
 import sys
 
+import images
 import numpy as np
 import torch
 import torch.nn as nn
 
-import images
-from imgcls.bnstats import collapse_warning, recalibrate
-from imgcls.distributed import World
+from imgcls.train.bnstats import collapse_warning, recalibrate
+from imgcls.train.distributed import World
 
 
 class _Loader:
@@ -81,7 +81,7 @@ def test_a_collapsed_run_is_named_and_recalibration_prevents_it(tmp_path):
 
 
 def test_recalibration_is_needed_where_the_running_statistics_trail_an_epoch():
-    from imgcls.bnstats import needs_recalibration
+    from imgcls.train.bnstats import needs_recalibration
 
     keras_like = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.01))
     torch_default = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))  # momentum 0.1

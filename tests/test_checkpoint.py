@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imgcls.checkpoint import (Checkpoint, CheckpointError, load_checkpoint, read_metadata,
-                               save_checkpoint)
+from imgcls.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
 
 
 def make() -> Checkpoint:
@@ -88,7 +93,7 @@ def test_the_checksum_covers_the_metadata(tmp_path):
 
 def test_pruning_keeps_the_newest_by_epoch_past_999(tmp_path):
     from imgcls.checkpoint import epoch_path
-    from imgcls.runfolder import RunWriter
+    from imgcls.train.runfolder import RunWriter
 
     run = tmp_path / "run"
     for epoch in (997, 998, 999, 1000, 1001):

@@ -7,9 +7,9 @@ import os
 import subprocess
 import sys
 
+import images
 import pytest
 
-import images
 from imgcls.cli import main
 
 
@@ -107,7 +107,7 @@ def test_an_empty_class_folder_prints_the_report_then_the_error(tmp_path, capsys
 
 
 def test_a_file_deleted_during_the_scan_is_not_called_a_link(tmp_path):
-    from imgcls.scan import check_file
+    from imgcls.data.scan import check_file
 
     gone = tmp_path / "gone.jpg"
     status, reason, *_ = check_file(str(gone), True, 10**8, 4)

@@ -10,10 +10,10 @@ import json
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
+import images  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import images  # noqa: E402
 from imgcls.cli import build_parser, main  # noqa: E402
 
 # serve blocks, download reaches the network: their options are fuzzed through the parser
@@ -104,7 +104,7 @@ def test_options_of_commands_that_block_are_checked_before_they_start(command, w
         assert exc.code == 0 or err.count("imgcls: error:") == 1, err
         return
     if command == "serve":
-        from imgcls.serve import ServeLimits
+        from imgcls.infer.serve import ServeLimits
 
         ServeLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                     max_files=args.max_files, max_pixels=args.max_pixels)

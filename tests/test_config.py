@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
+import images
 import pytest
 
-import images
 import imgcls
 from imgcls.config import TrainConfig, check_types, resolve
 from imgcls.errors import UserError
@@ -70,3 +70,16 @@ def test_fit_checks_its_arguments_before_making_anything(tmp_path):
         with pytest.raises(imgcls.UserError, match=words):
             imgcls.fit(data, out=tmp_path / "run", **bad)
         assert not (tmp_path / "run").exists()
+
+
+def test_onecycle_is_an_old_name_of_cosine_floor(tmp_path):
+    """The schedule once called onecycle (a warm-up and a cosine to 1/1000 of the peak, with
+    no momentum cycle) is cosine-floor; configs and run folders that say onecycle load."""
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"schedule": "onecycle"}))
+    assert resolve({"data_dir": "/d"}, "tutorial", str(f)).schedule == "cosine-floor"
+    assert resolve({"data_dir": "/d"}, "cpu").schedule == "cosine-floor"
+    from imgcls.train.optim import lr_factor
+
+    assert lr_factor(100, 100, 0, "cosine-floor") == pytest.approx(1e-3)
+    assert lr_factor(100, 100, 0, "cosine") == pytest.approx(0.0)

@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import images
 import pytest
 import torch
 
-import images
 from imgcls.checkpoint import load_checkpoint
 
 # No augmentation, no dropout and GroupNorm (PyTorch's SyncBatchNorm is CUDA-only): then 2

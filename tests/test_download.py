@@ -11,11 +11,11 @@ import socket
 import threading
 import zipfile
 
+import images
 import pytest
 
-import images
 from imgcls.cli import main
-from imgcls.scan import scan
+from imgcls.data.scan import scan
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

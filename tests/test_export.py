@@ -14,8 +14,9 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 import images  # noqa: E402
+
 from imgcls.cli import main  # noqa: E402
-from imgcls.predict import Predictor  # noqa: E402
+from imgcls.infer.predictor import Predictor  # noqa: E402
 
 
 @pytest.fixture(scope="module")

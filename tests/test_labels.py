@@ -9,12 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import images
 import pytest
 
-import images
 from imgcls.cli import main
+from imgcls.data.scan import ScanOptions, scan
 from imgcls.errors import UserError
-from imgcls.scan import ScanOptions, scan
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 KAGGLE = r"name:^(cat|dog)\."

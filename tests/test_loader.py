@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 
+import images
 import numpy as np
 import pytest
 import torch
 
-import images
-from imgcls.cache import build_cache
-from imgcls.loader import BatchLoader
-from imgcls.preprocess import PreprocessSpec
-from imgcls.scan import scan
+from imgcls.data.cache import build_cache
+from imgcls.data.loader import BatchLoader
+from imgcls.data.preprocess import PreprocessSpec
+from imgcls.data.scan import scan
 
 
 @pytest.fixture(scope="module")

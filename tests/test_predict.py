@@ -11,14 +11,14 @@ import os
 import re
 import sys
 
+import images
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import images
 from imgcls.cli import main
-from imgcls.predict import Predictor
+from imgcls.infer.predictor import Predictor
 
 SENTENCE = re.compile(r"^This image is (\d+\.\d\d)% cat and (\d+\.\d\d)% dog\.$")
 
@@ -117,11 +117,11 @@ def test_evaluate_defaults_to_the_runs_validation_split(trained, capsys):
 
 def test_prediction_equals_the_models_output_during_training(trained):
     """Same preprocessing: the checkpoint through predict = the model on the training cache."""
-    from imgcls.cache import build_cache
     from imgcls.checkpoint import load_checkpoint
+    from imgcls.data.cache import build_cache
+    from imgcls.data.preprocess import PreprocessSpec
+    from imgcls.data.scan import scan
     from imgcls.models import ModelConfig, create_model
-    from imgcls.preprocess import PreprocessSpec
-    from imgcls.scan import scan
 
     data, run = trained
     ckpt = load_checkpoint(run / "best.safetensors")
@@ -165,17 +165,17 @@ def test_predict_never_imports_training_code(trained):
     import subprocess
 
     data, run = trained
-    code = ("import sys; from imgcls.predict import Predictor; "
+    code = ("import sys; from imgcls.infer.predictor import Predictor; "
             f"p = Predictor.from_checkpoint({str(run)!r}); "
             f"p.predict([{str(data / 'cat' / 'cat.1.jpg')!r}]); "
-            "bad = [m for m in ('imgcls.train', 'imgcls.cache', 'imgcls.loader', 'imgcls.augment') "
+            "bad = [m for m in ('imgcls.train', 'imgcls.data.cache', 'imgcls.data.loader', 'imgcls.data.augment') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_roc_auc_by_counting_pairs():
-    from imgcls.evaluate import roc_auc
+    from imgcls.infer.evaluate import roc_auc
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 2, 60)
@@ -227,7 +227,7 @@ def test_every_input_kind_reaches_the_network_as_the_same_pixels(trained, tmp_pa
     """A photo as a path, bytes, a file object, a lazy or loaded PIL image, a uint8 / 16-bit
     / float array or a tensor: the same pixels (old main: a 16-bit array clipped, an RGBA
     array's alpha dropped, a loaded JPEG decoded at another scale than the file)."""
-    from imgcls.preprocess import load_image
+    from imgcls.data.preprocess import load_image
 
     _, run = trained
     predictor = Predictor.from_checkpoint(run)
@@ -245,7 +245,7 @@ def test_one_photo_gets_one_answer_from_every_entry_point(trained, tmp_path, cap
     from fastapi.testclient import TestClient
 
     import imgcls
-    from imgcls.serve import create_app
+    from imgcls.infer.serve import create_app
 
     _, run = trained
     photos = _photos(tmp_path)

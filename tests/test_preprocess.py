@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 
+import images
 import numpy as np
 import pytest
 from PIL import Image
 
-import images
-from imgcls.preprocess import ImageError, PreprocessSpec, load_image, open_image
+from imgcls.data.preprocess import ImageError, PreprocessSpec, load_image, open_image
 
 
 def spec(**kw):
@@ -35,7 +35,7 @@ def test_torch_resize_stays_within_one_grey_level_of_pillow(w, h, tw, th):
                   0, 255).astype(np.uint8)
     img = Image.fromarray(arr)
     want = np.asarray(img.resize((tw, th), Image.Resampling.BILINEAR)).astype(int)
-    from imgcls.preprocess import _torch_stretch
+    from imgcls.data.preprocess import _torch_stretch
 
     assert _torch_stretch(img, PreprocessSpec(th, tw)) is not None  # the path under test ran
     got = load_image(img, PreprocessSpec(th, tw))

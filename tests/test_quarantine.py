@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import images
-from imgcls.cli import main
 from test_scan import tree_state
+
+from imgcls.cli import main
 
 
 def make_tree(root):

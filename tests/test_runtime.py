@@ -3,10 +3,10 @@ bf16 predictions agree with float32 ones on real photos."""
 
 from __future__ import annotations
 
+import images
 import numpy as np
 import pytest
 
-import images
 from imgcls.runtime import cpu_native_bf16, precision_for
 
 
@@ -33,7 +33,7 @@ def test_the_probe_agrees_with_the_os():
 
 
 def test_bf16_predictions_agree_with_float32_on_real_photos(tmp_path, catsdogs):
-    from imgcls.predict import Predictor
+    from imgcls.infer.predictor import Predictor
 
     data = images.two_class_tree(tmp_path / "d", 20, 48)
     run = images.train_tiny(data, tmp_path / "run", "--epochs", "3", "--seed", "1")

@@ -10,13 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import images
 import numpy as np
 import pytest
 from PIL import Image
 
-import images
 from imgcls.cli import main
-from imgcls.scan import ScanOptions, scan
+from imgcls.data.scan import ScanOptions, scan
 
 NON_UTF8 = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 name, not valid UTF-8
 UNICODE = "ünï cödé spaced 猫.jpg"

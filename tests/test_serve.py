@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("fastapi")
+import images  # noqa: E402
+from conftest import SHARED  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-import images  # noqa: E402
-from imgcls.serve import ServeLimits, create_app  # noqa: E402
-from conftest import SHARED  # noqa: E402
+from imgcls.infer.serve import ServeLimits, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,7 @@ def test_only_the_documented_field_names_carry_photos(client):
 
 
 def test_a_bad_port_is_one_line_before_any_serving(run):
-    from imgcls.preprocess import DEFAULT_MAX_PIXELS
+    from imgcls.data.preprocess import DEFAULT_MAX_PIXELS
 
     assert ServeLimits().max_pixels == DEFAULT_MAX_PIXELS  # the same guard as predict/train
     res = subprocess.run([sys.executable, "-m", "imgcls", "serve", str(run), "--port", "99999"],

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import images
 import numpy as np
 from PIL import Image
 
-import images
 from imgcls.cli import main
 
 

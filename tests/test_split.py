@@ -6,14 +6,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 import images
-from imgcls.cli import main
-from imgcls.errors import UserError
-from imgcls.scan import scan
-from imgcls.split import split_index, split_with_val_dir
+import pytest
 from keras_fixture import CASES, write_tree
+
+from imgcls.cli import main
+from imgcls.data.scan import scan
+from imgcls.data.split import split_index, split_with_val_dir
+from imgcls.errors import UserError
 
 EXPECTED = json.loads((Path(__file__).parent / "data" / "keras_split.json").read_text())
 

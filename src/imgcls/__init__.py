@@ -8,7 +8,7 @@ The Python API (api.py): imgcls.scan_folder, imgcls.fit -> Run, imgcls.load -> M
 (.predict, .probabilities, .evaluate, .export, .class_names), imgcls.show_batch and figures.
 """
 
-__version__ = "0.1.0"
+from imgcls.version import __version__
 
 __all__ = ["scan_folder", "fit", "load", "show_batch", "Run", "Model", "UserError",
            "confusion_figure", "top_losses_figure", "__version__"]

@@ -16,6 +16,7 @@ plain data: dataclasses, lists, NumPy arrays, matplotlib figures.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 from imgcls.errors import UserError
 
 
-# Not `scan`/`train`/`show`: those names are the package's modules (imgcls.scan, ...), and an
+# Not `scan`/`train`/`show`: those names are the package's modules (imgcls.data.scan, ...), and an
 # imported submodule replaces a package attribute of the same name.
 def scan_folder(path: str | os.PathLike, labels: str = "folders", **options):
     """Scan a folder: every file decoded and checked, nothing modified.
@@ -34,8 +35,8 @@ def scan_folder(path: str | os.PathLike, labels: str = "folders", **options):
     labels: "folders" (one sub-folder per class), "name:REGEX" or "csv:FILE".
     options: ScanOptions fields (max_pixels, min_side, workers, cache_dir, use_cache).
     Returns a DatasetIndex (class_names, samples, rejected, ignored, duplicates, ...)."""
-    from imgcls.scan import ScanOptions
-    from imgcls.scan import scan as _scan
+    from imgcls.data.scan import ScanOptions
+    from imgcls.data.scan import scan as _scan
 
     return _scan(path, ScanOptions(labels=labels, progress=options.pop("progress", None),
                                    **options))
@@ -60,7 +61,7 @@ class Run:
 
     def curves(self):
         """Loss and accuracy per epoch as a matplotlib Figure."""
-        from imgcls.plots import curves_figure
+        from imgcls.viz.plots import curves_figure
 
         return _shown(curves_figure(self.run_dir / "metrics.jsonl"))
 
@@ -115,14 +116,15 @@ def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = N
 
             fitted = (f", each epoch showing at least {cfg.epoch_images} images"
                       if cfg.preset == "tutorial" and cfg.epoch_images else "")
-            print(f"Recipe: the {cfg.preset} preset{fitted} ({auto_preset(cfg.device)[1]}; "
-                  "--preset tutorial or cpu to choose)", flush=True)
+            logging.getLogger(__name__).info(
+                f"Recipe: the {cfg.preset} preset{fitted} ({auto_preset(cfg.device)[1]}; "
+                "--preset tutorial or cpu to choose)")
         made = out is None
         if made:
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 raise UserError("under torchrun give --out: every rank must write to the "
                                 "same run folder")
-            from imgcls.runfolder import new_run_dir
+            from imgcls.train.runfolder import new_run_dir
 
             _check_run_folder(Path("runs"), cfg)  # before anything is made
             out = new_run_dir(cfg.data_dir)
@@ -211,7 +213,6 @@ class Model:
         inputs: one or a list of paths, PIL images, (H, W, 3) arrays, or an (N, H, W, 3)
         array. tta: average with the mirror image (default: as the training recipe says)."""
         items = self._as_list(inputs)
-        tta = self._p.recommends_tta if tta is None else tta
         from imgcls.runtime import interactive
 
         return self._p.predict(items, batch_size=batch_size, tta=tta,
@@ -229,15 +230,15 @@ class Model:
                  tta: bool | None = None, moved_to: str | os.PathLike | None = None):
         """An EvalReport on a labelled folder, or on the run's own validation files (in
         its data folder, or at `moved_to` where that folder moved)."""
-        from imgcls.evaluate import evaluate_set, evaluation_set
+        from imgcls.infer.evaluate import evaluate_set, evaluation_set
 
         es = evaluation_set(self.source, self.class_names, data, labels,
                             moved_to=None if moved_to is None else os.fspath(moved_to))
-        return evaluate_set(self._p, es, self._p.recommends_tta if tta is None else tta)
+        return evaluate_set(self._p, es, tta)
 
     def export(self, path: str | os.PathLike, check_images: str | None = None):
         """Write an ONNX file (checked against PyTorch on real images first)."""
-        from imgcls.export import export_onnx
+        from imgcls.infer.export import export_onnx
 
         if self.source.suffix.lower() == ".onnx":
             raise UserError(f"{self.source} is already an ONNX file")
@@ -249,21 +250,21 @@ class Model:
 
 def load(path: str | os.PathLike, device: str = "auto", amp: str = "auto") -> Model:
     """A run folder (its best checkpoint), a .safetensors checkpoint or an .onnx file."""
-    from imgcls.predict import Predictor
+    from imgcls.infer.predictor import Predictor
 
     return Model(Predictor.from_checkpoint(path, device=device, amp=amp), Path(path))
 
 
 def confusion_figure(report):
     """An EvalReport's confusion matrix as a matplotlib Figure."""
-    from imgcls.plots import confusion_figure as fig
+    from imgcls.viz.plots import confusion_figure as fig
 
     return _shown(fig(report.confusion_matrix, report.class_names))
 
 
 def top_losses_figure(report):
     """The images an EvalReport's model got most wrong, as a matplotlib Figure."""
-    from imgcls.plots import top_losses_figure as fig
+    from imgcls.viz.plots import top_losses_figure as fig
 
     return _shown(fig(report.top_losses, root=report.data))
 
@@ -271,10 +272,10 @@ def top_losses_figure(report):
 def show_batch(data: str | os.PathLike, augment: bool = False, image_size: int = 180, seed: int = 1337,
          labels: str = "folders"):
     """The first 9 training images (or 9 augmentations of the first) as a Figure."""
-    from imgcls.augment import AugmentConfig
-    from imgcls.preprocess import PreprocessSpec
-    from imgcls.show import augment_figure, first_training_images, samples_figure
-    from imgcls.split import split_index
+    from imgcls.data.augment import AugmentConfig
+    from imgcls.data.preprocess import PreprocessSpec
+    from imgcls.data.split import split_index
+    from imgcls.viz.show import augment_figure, first_training_images, samples_figure
 
     index = scan_folder(data, labels=labels)
     sp = split_index(index, 0.2, seed)

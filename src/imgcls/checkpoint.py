@@ -25,9 +25,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from imgcls import __version__
 from imgcls.errors import UserError
 from imgcls.fsutil import atomic_write_bytes, display
+from imgcls.version import __version__
 
 FORMAT_VERSION = 2  # 2: the checksum covers the JSON metadata too
 

@@ -45,11 +45,12 @@ class TrainConfig:
     decay_1d: bool = False  # weight decay on biases and normalisation weights too (the rule
     #                         before 0.2; off: timm's param_groups_weight_decay)
     momentum: float = 0.9  # sgd only
-    schedule: str = "constant"  # "constant", "cosine" or "onecycle"
+    schedule: str = "constant"  # "constant", "cosine" (to 0) or "cosine-floor" (to 1/1000 of
+    #                             the peak; called "onecycle" before 0.2, still accepted)
     warmup_epochs: float = 0.0  # linear warm-up, epochs (fractions allowed)
     label_smoothing: float = 0.0
     mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha) blend of image pairs; 0 = off;
-    #                     -1 = auto: train.AUTO_MIXUP where a small training set is passed
+    #                     -1 = auto: train.epoch.AUTO_MIXUP where a small training set is passed
     #                     over several times an epoch (--epoch-images), else off
     class_weights: str = "none"  # "none" or "balanced" (inverse class frequency)
     bn_recalibrate: int = 4096  # images (per rank) that re-estimate BatchNorm statistics
@@ -91,7 +92,7 @@ CHOICES = {
     "split": ("stratified", "keras"),
     "resize": ("stretch", "crop", "pad"),
     "optimizer": ("adam", "adamw", "sgd"),
-    "schedule": ("constant", "cosine", "onecycle"),
+    "schedule": ("constant", "cosine", "cosine-floor"),
     "class_weights": ("none", "balanced"),
     "monitor": ("val_accuracy", "val_loss", "accuracy", "loss"),
     "amp": ("auto", "bf16", "fp16", "off", "fp64"),
@@ -105,7 +106,7 @@ PRESETS: dict[str, dict] = {
     "cpu": {
         "model": "resnet-cpu", "image_size": 128, "batch_size": 64, "epochs": 36,
         "epoch_images": 2048, "mixup": -1,
-        "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "schedule": "onecycle",
+        "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "schedule": "cosine-floor",
         "warmup_epochs": 2, "label_smoothing": 0.1, "flip": True, "rotation": 0.05,
         "zoom": 0.15, "translate": 0.1, "brightness": 0.1, "contrast": 0.1, "tta": True,
     },
@@ -153,6 +154,10 @@ def check_types(values: dict, where: str) -> dict:
                             f"{_KINDS.get(hint, hint)}, not {value!r} "
                             f"({type(value).__name__})") from None
     return values
+
+
+# Names a setting had before: configs and run folders written with them still load.
+ALIASES = {"schedule": {"onecycle": "cosine-floor"}}  # no momentum cycle: warm-up + cosine
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -272,12 +277,14 @@ def resolve(overrides: dict, preset: str | None = None, config_file: str | None 
     if values.get("mixup") == "auto":  # as a config file may say it
         values["mixup"] = -1.0
     check_types(values, "settings")
+    for key, old_names in ALIASES.items():
+        values[key] = old_names.get(values.get(key), values.get(key))
     if values.get("data_dir"):
         values["data_dir"] = os.path.abspath(os.path.expanduser(values["data_dir"]))
     if values.get("val_dir"):
         values["val_dir"] = os.path.abspath(os.path.expanduser(values["val_dir"]))
     if str(values.get("labels", "")).startswith("csv:"):  # the run must find its CSV again
-        from imgcls.labels import parse
+        from imgcls.data.labels import parse
 
         values["labels"] = parse(values["labels"]).text
     return validate(TrainConfig(**values))

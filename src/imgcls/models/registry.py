@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -73,3 +74,13 @@ def _resnet_cpu(num_classes: int, **kw):
     from imgcls.models.resnet import SmallResNet
 
     return SmallResNet(num_classes, **kw)
+
+
+def two_logits(logits: torch.Tensor) -> torch.Tensor:
+    """THE single-logit rule: a head z becomes the logits (0, z), so softmax gives
+    (1 - sigmoid z, sigmoid z) and cross-entropy on them is exactly the binary cross-entropy
+    of the tutorial's one-logit head. Training, prediction and the exported ONNX graph all
+    turn one logit into two probabilities through here. More logits pass unchanged."""
+    if logits.shape[1] == 1:
+        return torch.cat([torch.zeros_like(logits), logits], 1)
+    return logits

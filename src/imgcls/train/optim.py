@@ -25,7 +25,8 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     if kind == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
-    # one-cycle: after the warm-up, cosine down to 1/1000 of the peak (as fastai/timm do)
+    # cosine-floor (once "onecycle", which it never was: no momentum cycle): after the
+    # warm-up, cosine down to 1/1000 of the peak rather than to zero
     return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

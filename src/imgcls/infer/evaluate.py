@@ -9,6 +9,7 @@ for a confusion matrix and a rank-based AUC).
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,8 +18,9 @@ import numpy as np
 
 from imgcls.errors import UserError
 from imgcls.fsutil import display
-from imgcls.predict import Predictor
+from imgcls.infer.predictor import Predictor
 
+logger = logging.getLogger(__name__)
 
 @dataclass
 class EvalReport:
@@ -74,9 +76,10 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 def evaluate(predictor: Predictor, items: list[tuple[str, int]], names: list[str] | None = None,
-             tta: bool = False, batch_size: int = 32, top_k_losses: int = 9,
+             tta: bool | None = None, batch_size: int = 32, top_k_losses: int = 9,
              progress: bool | None = False) -> EvalReport:
-    """items: (file path, label index in predictor.class_names)."""
+    """items: (file path, label index in predictor.class_names); tta None: the recipe's."""
+    tta = predictor.resolve_tta(tta)
     preds = predictor.predict([p for p, _ in items], batch_size=batch_size, tta=tta,
                               names=names, progress=progress)
     classes = predictor.class_names
@@ -138,10 +141,9 @@ def run_validation_items(run_dir: Path, class_names: list[str], moved_to: str | 
     those that vanished or changed since (named in a warning); never files added later.
     Runs made before records existed get their split recomputed from the config.
     moved_to: where the run's data folder is now (the record's digests decide)."""
-    import sys
 
-    from imgcls.scan import ScanOptions, scan
-    from imgcls.split import read_record, restore_split, split_index
+    from imgcls.data.scan import ScanOptions, scan
+    from imgcls.data.split import read_record, restore_split, split_index
 
     try:
         cfg = json.loads((run_dir / "config.json").read_text())
@@ -157,7 +159,7 @@ def run_validation_items(run_dir: Path, class_names: list[str], moved_to: str | 
     index = scan(cfg["data_dir"], opts)
     from dataclasses import replace
 
-    from imgcls.labels import val_dir_labels
+    from imgcls.data.labels import val_dir_labels
 
     val_opts = replace(opts, labels=val_dir_labels(labels))
     val_index = scan(cfg["val_dir"], val_opts) if cfg.get("val_dir") else None
@@ -165,13 +167,13 @@ def run_validation_items(run_dir: Path, class_names: list[str], moved_to: str | 
         sp, warnings = restore_split(record, index, val_index)
         for w in warnings:
             if "validation" in w:
-                print(f"imgcls: warning: {w}", file=sys.stderr)
+                logger.warning(w)
         val = sp.val
     elif val_index is not None:
         val = val_index
     else:
-        print("imgcls: warning: this run has no record of its files (made by an older imgcls): "
-              "its validation split is recomputed from the folder as it is now", file=sys.stderr)
+        logger.warning("this run has no record of its files (made by an older imgcls): "
+                       "its validation split is recomputed from the folder as it is now")
         val = split_index(index, cfg["val_split"], cfg["seed"], cfg["split"]).val
     items, names = items_for(val, class_names)
     return items, names, val.root
@@ -196,8 +198,8 @@ def evaluation_set(model_path: Path, class_names: list[str], data_dir=None,
     """The one rule for what an evaluation scores: the run's own validation files (its data
     folder at `moved_to` if it moved), or a folder's photos minus those the run trained on
     (its split record's digests)."""
-    from imgcls.scan import ScanOptions, scan
-    from imgcls.split import DIGEST_CHARS, read_record
+    from imgcls.data.scan import ScanOptions, scan
+    from imgcls.data.split import DIGEST_CHARS, read_record
 
     run_dir = model_path if model_path.is_dir() else model_path.parent
     if data_dir is None:
@@ -224,7 +226,7 @@ def evaluation_set(model_path: Path, class_names: list[str], data_dir=None,
     return out
 
 
-def evaluate_set(predictor: Predictor, es: EvalSet, tta: bool, batch_size: int = 32,
+def evaluate_set(predictor: Predictor, es: EvalSet, tta: bool | None, batch_size: int = 32,
                  progress: bool | None = False) -> EvalReport:
     """evaluate() over an EvalSet, with what was set apart counted in the report."""
     if es.all_training:
@@ -254,7 +256,7 @@ def items_for(index, class_names: list[str]) -> tuple[list[tuple[str, int]], lis
 
 
 def figures(report: EvalReport, out_dir: Path, metrics_file: Path | None = None) -> list[Path]:
-    from imgcls.plots import confusion_figure, curves_figure, top_losses_figure
+    from imgcls.viz.plots import confusion_figure, curves_figure, top_losses_figure
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "confusion_matrix.png", out_dir / "top_losses.png"]

@@ -7,8 +7,9 @@ Owns the `--labels` setting:
     csv:FILE[:P,L]   rows of (path, label), paths relative to the data folder; the header's
                      columns P and L, else auto-detected (path/file/filename/image/id and
                      label/class/category/target), else the first two columns
-For the last two, every file below the data folder is a candidate (hidden and system files
-aside, links followed once); what cannot be labelled is reported, never guessed:
+For the last two, every file below the data folder is a candidate, as files.walk finds them
+(the one walker and link policy scan's class folders use too); what cannot be labelled is
+reported, never guessed:
 files whose name does not match, CSV rows naming missing files, files listed twice with
 different labels, empty labels, and files present but not listed. Decoding and every other
 check stay scan.py's.
@@ -19,10 +20,10 @@ from __future__ import annotations
 import csv
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgcls.data.files import Found, has_image_name, walk
 from imgcls.errors import UserError
 from imgcls.fsutil import display
 
@@ -78,71 +79,35 @@ def parse(spec: str | None) -> LabelSpec:
 class Labelled:
     """What a label source found: classes, (relative path, label) pairs, and problems."""
     class_names: list[str]
-    files: list[tuple[str, int, os.stat_result]]
+    files: list[tuple[str, int, Found]]  # (relative path, label, the file)
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     ignored: list[tuple[str, str]] = field(default_factory=list)
     problems: dict[str, list[str]] = field(default_factory=dict)  # kind -> examples (all)
 
 
-def _walk(root: Path, is_skipped) -> tuple[list[tuple[str, os.stat_result]], list[tuple[str, str]]]:
-    """Every regular file below root (links followed once), and (path, reason) skipped."""
-    out, skipped = [], []
-    visited = set()
-    stack = [(root, "")]
-    while stack:
-        folder, rel = stack.pop()
-        try:
-            st = os.stat(folder)
-            if (st.st_dev, st.st_ino) in visited:
-                skipped.append((rel, "folder link to a folder already scanned (a loop or a second link)"))
-                continue
-            visited.add((st.st_dev, st.st_ino))
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            skipped.append((rel or ".", f"unreadable folder: {exc.strerror}"))
-            continue
-        subdirs = []
-        for e in entries:
-            r = f"{rel}/{e.name}" if rel else e.name
-            why = is_skipped(e.name)
-            if why:
-                skipped.append((r, why))
-                continue
-            try:
-                if e.is_dir(follow_symlinks=True):
-                    subdirs.append((Path(e.path), r))
-                    continue
-                st = e.stat()
-            except OSError as exc:
-                skipped.append((r, f"unreadable: {exc.strerror}"))
-                continue
-            if stat.S_ISREG(st.st_mode):
-                out.append((r, st))
-            else:
-                skipped.append((r, "not a regular file"))
-        stack.extend(reversed(subdirs))
-    return out, skipped
+def _walk(root: Path) -> tuple[list[Found], list[tuple[str, str]], list[tuple[str, str]]]:
+    """(files, rejected, ignored) below root by files.walk's one link policy."""
+    got = walk(root)
+    return (got.files, [(n.rel, n.reason) for n in got.rejected],
+            [(n.rel, n.reason) for n in got.ignored])
 
 
-def from_names(root: Path, spec: LabelSpec, is_skipped) -> Labelled:
+def from_names(root: Path, spec: LabelSpec) -> Labelled:
     rx = re.compile(spec.pattern)
-    found, skipped = _walk(root, is_skipped)
+    found, rejected, skipped = _walk(root)
     named, ignored = [], list(skipped)
-    for rel, st in found:
+    for f in found:
+        rel = f.rel
         m = rx.search(os.path.basename(rel))
         label = (m.group(1) if m and m.groups() else m.group(0) if m else None)
         if not label:
             ignored.append((rel, f"no label in the file name (--labels name:{spec.pattern})"))
             continue
-        named.append((rel, label, st))
+        named.append((rel, label, f))
     classes = sorted({lab for _, lab, _ in named})
     index = {c: i for i, c in enumerate(classes)}
-    from imgcls.scan import IMAGE_EXTENSIONS
-
-    unmatched = [r for r, why in ignored if why.startswith("no label")
-                 and os.path.splitext(r)[1].lower() in IMAGE_EXTENSIONS]
-    return Labelled(classes, [(r, index[lab], st) for r, lab, st in named], [], ignored,
+    unmatched = [r for r, why in ignored if why.startswith("no label") and has_image_name(r)]
+    return Labelled(classes, [(r, index[lab], f) for r, lab, f in named], rejected, ignored,
                     {"file names without a label": unmatched} if unmatched else {})
 
 
@@ -162,7 +127,7 @@ def _columns(header: list[str], spec: LabelSpec) -> tuple[int, int, bool]:
     return 0, 1, False
 
 
-def from_csv(root: Path, spec: LabelSpec, is_skipped) -> Labelled:
+def from_csv(root: Path, spec: LabelSpec) -> Labelled:
     try:
         with open(spec.csv_file, newline="", encoding="utf-8-sig") as f:
             text = f.read()
@@ -178,9 +143,9 @@ def from_csv(root: Path, spec: LabelSpec, is_skipped) -> Labelled:
     pcol, lcol, header = _columns(rows[0], spec)
     if header:
         rows = rows[1:]
-    found, skipped = _walk(root, is_skipped)
+    found, walk_rejected, skipped = _walk(root)
     csv_real = os.path.realpath(spec.csv_file)
-    by_path = {rel: st for rel, st in found if os.path.realpath(root / rel) != csv_real}
+    by_path = {f.rel: f for f in found if os.path.realpath(root / f.rel) != csv_real}
     by_stem: dict[str, list[str]] = {}
     for rel in by_path:  # Kaggle's ids often leave out the extension
         by_stem.setdefault(os.path.splitext(rel)[0], []).append(rel)
@@ -216,7 +181,6 @@ def from_csv(root: Path, spec: LabelSpec, is_skipped) -> Labelled:
             conflicted.add(rel)
         wanted.setdefault(rel, label)
     ignored = list(skipped)
-    from imgcls.scan import IMAGE_EXTENSIONS
 
     name = os.path.basename(spec.csv_file)
     for rel in by_path:
@@ -225,11 +189,11 @@ def from_csv(root: Path, spec: LabelSpec, is_skipped) -> Labelled:
         if rel in unlabelled or os.path.splitext(rel)[0] in unlabelled:
             ignored.append((rel, f"its row in {name} has an empty label"))
             continue
-        if os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS:
+        if has_image_name(rel):
             problems["files present but not listed"].append(rel)
         ignored.append((rel, f"not listed in {name}"))
-    rejected = [(rel, "listed with two different labels in "
-                      f"{os.path.basename(spec.csv_file)}") for rel in sorted(conflicted)]
+    rejected = walk_rejected + [(rel, f"listed with two different labels in {name}")
+                                for rel in sorted(conflicted)]
     kept = {rel: lab for rel, lab in wanted.items() if rel not in conflicted}
     classes = sorted(set(kept.values()))
     index = {c: i for i, c in enumerate(classes)}

@@ -11,6 +11,7 @@ a limiter, so memory stays bounded under load. Binds to 127.0.0.1 unless told ot
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imgcls import __version__
+from imgcls.data.preprocess import DEFAULT_MAX_PIXELS, ImageError
 from imgcls.errors import UserError
-from imgcls.predict import Predictor
-from imgcls.preprocess import DEFAULT_MAX_PIXELS, ImageError, load_image
+from imgcls.infer.predictor import Predictor
+from imgcls.version import __version__
 
 PAGE = Path(__file__).with_name("page.html")
 FIELDS = ("file", "files")  # multipart field names that carry photos
@@ -61,7 +62,6 @@ def create_app(model: str | os.PathLike, limits: ServeLimits = ServeLimits(),
     predictor = Predictor.from_checkpoint(model, device=device, max_pixels=limits.max_pixels)
     limiter = anyio.CapacityLimiter(limits.concurrency)
     page = PAGE.read_text(encoding="utf-8")
-    body_limit = limits.max_files * (limits.max_upload_bytes + 64 * 1024)
     # No /docs: Swagger UI loads its scripts from a public CDN, a blank page offline. The
     # schema stays at /openapi.json for any OpenAPI viewer.
     app = FastAPI(title="imgcls", version=__version__, docs_url=None, redoc_url=None)
@@ -69,7 +69,39 @@ def create_app(model: str | os.PathLike, limits: ServeLimits = ServeLimits(),
             "input_size": [predictor.spec.height, predictor.spec.width],
             "preprocess": predictor.spec.to_dict(), "tta": predictor.recommends_tta,
             "limits": limits.__dict__, "imgcls_version": __version__}
+    _answer_errors_as_json(app)
 
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(page)
+
+    @app.api_route("/health", methods=["GET", "HEAD"])
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def get_info():
+        return info
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        datas, names = await _read_uploads(request, limits)
+        async with limiter:
+            results = await anyio.to_thread.run_sync(_infer, predictor, datas)
+        if len(results) == 1 and "error" in results[0]:
+            raise ApiError(results[0]["status"], f"{names[0]}: {results[0]['error']}")
+        for name, r in zip(names, results):
+            r["filename"] = name
+            r.pop("status", None)
+        return {"predictions": results}
+
+    app.state.predictor = predictor
+    return app
+
+
+def _answer_errors_as_json(app: FastAPI) -> None:
+    """Every error is a JSON {"error": ...} with its 4xx status; never an HTML page or a 5xx
+    traceback."""
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
         return JSONResponse({"error": exc.message}, status_code=exc.status)
@@ -86,94 +118,70 @@ def create_app(model: str | os.PathLike, limits: ServeLimits = ServeLimits(),
     async def _unexpected(request, exc):  # pragma: no cover - a bug, still not a crash
         return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
 
-    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
-    async def index():
-        return HTMLResponse(page)
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
-    async def health():
-        return {"status": "ok"}
+async def _read_uploads(request: Request, limits: ServeLimits) -> tuple[list[bytes], list[str]]:
+    """The uploaded photos' bytes and names, within every limit, or an ApiError saying which."""
+    body_limit = limits.max_files * (limits.max_upload_bytes + 64 * 1024)
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > body_limit:
+        raise ApiError(413, f"request body over {body_limit} bytes")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(400, "send the photos as multipart/form-data (field 'file')")
+    try:
+        form = await request.form(max_files=limits.max_files, max_fields=limits.max_files)
+    except Exception as exc:  # starlette's MultiPartException/HTTPException, malformed bodies
+        msg = str(getattr(exc, "detail", None) or getattr(exc, "message", None) or exc)
+        if "too many files" in msg.lower():
+            raise ApiError(400, f"too many files: at most {limits.max_files} per request")
+        raise ApiError(400, f"bad upload: {msg or 'malformed multipart body'}")
+    try:
+        uploads = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+        other = sorted({k for k, _ in uploads if k not in FIELDS})
+        if other:  # the README documents 'file' (and 'files'): say so rather than guess
+            raise ApiError(400, f"upload field {other[0]!r} is not one of "
+                                f"{', '.join(repr(f) for f in FIELDS)}")
+        files = [v for _, v in uploads]
+        if not files and not list(form.multi_items()):
+            raise ApiError(400, "bad upload: the multipart body holds no complete part "
+                                "(cut short, or no closing boundary)")
+        if not files:
+            raise ApiError(400, "no file in the upload (use the field name 'file')")
+        if len(files) > limits.max_files:
+            raise ApiError(400, f"too many files: at most {limits.max_files} per request")
+        datas, names = [], []
+        for f in files:
+            data = await f.read(limits.max_upload_bytes + 1)
+            if len(data) > limits.max_upload_bytes:
+                raise ApiError(413, f"{f.filename or 'file'}: over the upload limit of "
+                                    f"{limits.max_upload_bytes} bytes")
+            if not data:
+                raise ApiError(400, f"{f.filename or 'file'}: empty file")
+            datas.append(data)
+            names.append(f.filename or f"file{len(names)}")
+        return datas, names
+    finally:
+        await form.close()
 
-    @app.get("/info")
-    async def get_info():
-        return info
 
-    def _prepare(data: bytes) -> np.ndarray:
+def _infer(predictor: Predictor, datas: list[bytes]) -> list[dict]:
+    """One answer per upload, through the Predictor (its preprocessing, its TTA default)."""
+    out, batch, where = [], [], []
+    for i, data in enumerate(datas):
         try:
-            return predictor.prepare(data)
+            batch.append(predictor.prepare(data))
+            where.append(i)
+            out.append(None)
         except ImageError as exc:
             msg = str(exc)
-            if msg.startswith("too large"):
-                raise ApiError(413, f"image has too many pixels: {msg}")
-            raise ApiError(415, f"not a usable image: {msg}")
-
-    def _infer(datas: list[bytes]) -> list[dict]:
-        out, batch, where = [], [], []
-        for i, data in enumerate(datas):
-            try:
-                batch.append(_prepare(data))
-                where.append(i)
-                out.append(None)
-            except ApiError as exc:
-                out.append({"error": exc.message, "status": exc.status})
-        if batch:
-            probs = predictor.probabilities(np.stack(batch), predictor.recommends_tta)
-            for i, p in zip(where, probs):
-                out[i] = {"class": predictor.class_names[int(np.argmax(p))],
-                          "probabilities": {c: float(v) for c, v in zip(predictor.class_names, p)}}
-        return out
-
-    @app.post("/predict")
-    async def predict(request: Request):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > body_limit:
-            raise ApiError(413, f"request body over {body_limit} bytes")
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise ApiError(400, "send the photos as multipart/form-data (field 'file')")
-        try:
-            form = await request.form(max_files=limits.max_files, max_fields=limits.max_files)
-        except Exception as exc:  # starlette's MultiPartException/HTTPException, malformed bodies
-            msg = str(getattr(exc, "detail", None) or getattr(exc, "message", None) or exc)
-            if "too many files" in msg.lower():
-                raise ApiError(400, f"too many files: at most {limits.max_files} per request")
-            raise ApiError(400, f"bad upload: {msg or 'malformed multipart body'}")
-        try:
-            uploads = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
-            other = sorted({k for k, _ in uploads if k not in FIELDS})
-            if other:  # the README documents 'file' (and 'files'): say so rather than guess
-                raise ApiError(400, f"upload field {other[0]!r} is not one of "
-                                    f"{', '.join(repr(f) for f in FIELDS)}")
-            files = [v for _, v in uploads]
-            if not files and not list(form.multi_items()):
-                raise ApiError(400, "bad upload: the multipart body holds no complete part "
-                                    "(cut short, or no closing boundary)")
-            if not files:
-                raise ApiError(400, "no file in the upload (use the field name 'file')")
-            if len(files) > limits.max_files:
-                raise ApiError(400, f"too many files: at most {limits.max_files} per request")
-            datas, names = [], []
-            for f in files:
-                data = await f.read(limits.max_upload_bytes + 1)
-                if len(data) > limits.max_upload_bytes:
-                    raise ApiError(413, f"{f.filename or 'file'}: over the upload limit of "
-                                        f"{limits.max_upload_bytes} bytes")
-                if not data:
-                    raise ApiError(400, f"{f.filename or 'file'}: empty file")
-                datas.append(data)
-                names.append(f.filename or f"file{len(names)}")
-        finally:
-            await form.close()
-        async with limiter:
-            results = await anyio.to_thread.run_sync(_infer, datas)
-        if len(results) == 1 and "error" in results[0]:
-            raise ApiError(results[0]["status"], f"{names[0]}: {results[0]['error']}")
-        for name, r in zip(names, results):
-            r["filename"] = name
-            r.pop("status", None)
-        return {"predictions": results}
-
-    app.state.predictor = predictor
-    return app
+            status, text = (413, f"image has too many pixels: {msg}") if msg.startswith(
+                "too large") else (415, f"not a usable image: {msg}")
+            out.append({"error": text, "status": status})
+    if batch:
+        probs = predictor.probabilities(np.stack(batch))
+        for i, p in zip(where, probs):
+            out[i] = {"class": predictor.class_names[int(np.argmax(p))],
+                      "probabilities": {c: float(v) for c, v in zip(predictor.class_names, p)}}
+    return out
 
 
 def check_port(host: str, port: int) -> None:
@@ -202,7 +210,8 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, limits: ServeLi
 
     check_port(host, port)
     app = create_app(model, limits, device)
-    print(f"imgcls: serving {json.dumps(app.state.predictor.class_names)} on http://{host}:{port}/ "
-          "(Ctrl-C to stop)", flush=True)
+    logging.getLogger(__name__).info(
+        f"imgcls: serving {json.dumps(app.state.predictor.class_names)} on "
+        f"http://{host}:{port}/ (Ctrl-C to stop)")
     uvicorn.run(app, host=host, port=port, log_level="warning",
                 limit_concurrency=256, timeout_keep_alive=5)

@@ -11,30 +11,29 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
-import stat
 import struct
-import sys
 import time
 import warnings
-from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
+from imgcls.data import labels as L
+from imgcls.data.files import (
+    might_be_image,
+    os_reason,
+    skipped_name,
+    walk,
+)
+from imgcls.data.index import DatasetIndex, FileNote, Sample, compute_fingerprint
+from imgcls.data.preprocess import DEFAULT_MAX_PIXELS
 from imgcls.errors import UserError
 from imgcls.fsutil import atomic_write_json, display, is_within
-from imgcls.preprocess import DEFAULT_MAX_PIXELS
 from imgcls.runtime import thread_map
 
-# File names that look like images: a file with one of these that does not decode is
-# *rejected* (reported as broken); any other file that does not decode is *ignored*.
-IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .bmp .dib .gif .webp .tif .tiff .ppm .pgm .pbm .pnm "
-    ".tga .ico .heic .heif .avif .jp2 .jxl".split()
-)
-# Written by operating systems and photo tools into photo folders; never user data.
-SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r"})
-SYSTEM_DIRS = frozenset({"__macosx", "@eadir", "$recycle.bin", "system volume information"})
+logger = logging.getLogger(__name__)
 
 SCAN_CACHE_VERSION = 1
 DEFAULT_MIN_SIDE = 4  # px; narrower images are degenerate (lines, 1x1 tracking pixels)
@@ -67,95 +66,6 @@ class ScanOptions:
                                 f"not {v!r}")
 
 
-@dataclass(frozen=True)
-class Sample:
-    path: str  # relative to the index root, '/'-separated
-    label: int
-    size: int  # bytes
-    mtime_ns: int
-    width: int
-    height: int
-    digest: str = ""  # BLAKE2b-128 of the file's bytes (hex): duplicates, pinned splits
-
-
-@dataclass(frozen=True)
-class FileNote:
-    path: str  # relative to the index root
-    reason: str
-
-
-@dataclass
-class DatasetIndex:
-    root: str  # absolute
-    class_names: list[str]
-    samples: list[Sample]
-    rejected: list[FileNote] = field(default_factory=list)
-    ignored: list[FileNote] = field(default_factory=list)
-    duplicates: list[list[str]] = field(default_factory=list)  # byte-identical groups
-    label_conflicts: list[list[str]] = field(default_factory=list)  # groups across classes
-    fingerprint: str = ""  # of the accepted files: paths, labels, sizes, mtimes, contents
-    stats: dict = field(default_factory=dict)  # this scan only: decoded, from_cache, seconds
-    label_source: str = "folders"  # where the labels came from (ScanOptions.labels)
-    label_problems: dict = field(default_factory=dict)  # kind -> every example (labels.py)
-
-    def abspath(self, sample: Sample) -> str:
-        return os.path.join(self.root, sample.path)
-
-    @property
-    def labels(self) -> list[int]:
-        return [s.label for s in self.samples]
-
-    def per_class(self) -> dict[str, int]:
-        counts = Counter(s.label for s in self.samples)
-        return {name: counts.get(i, 0) for i, name in enumerate(self.class_names)}
-
-    def subset(self, positions: list[int]) -> "DatasetIndex":
-        """The same index restricted to samples at `positions` (in that order)."""
-        samples = [self.samples[i] for i in positions]
-        return DatasetIndex(self.root, list(self.class_names), samples,
-                            fingerprint=compute_fingerprint(self.class_names, samples))
-
-    def to_dict(self) -> dict:
-        return {
-            "root": self.root,
-            "classes": self.class_names,
-            "per_class": self.per_class(),
-            "images": len(self.samples),
-            "rejected": [asdict(n) for n in self.rejected],
-            "ignored": [asdict(n) for n in self.ignored],
-            "duplicates": self.duplicates,
-            "label_conflicts": self.label_conflicts,
-            "fingerprint": self.fingerprint,
-            "stats": self.stats,
-            "label_source": self.label_source,
-            "label_problems": self.label_problems,
-            "samples": [asdict(s) for s in self.samples],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DatasetIndex":
-        return cls(
-            root=d["root"],
-            class_names=list(d["classes"]),
-            samples=[Sample(**s) for s in d["samples"]],
-            rejected=[FileNote(**n) for n in d.get("rejected", [])],
-            ignored=[FileNote(**n) for n in d.get("ignored", [])],
-            duplicates=d.get("duplicates", []),
-            label_conflicts=d.get("label_conflicts", []),
-            fingerprint=d.get("fingerprint", ""),
-            label_source=d.get("label_source", "folders"),
-            label_problems=d.get("label_problems", {}),
-        )
-
-
-def compute_fingerprint(class_names: list[str], samples: list[Sample]) -> str:
-    h = hashlib.sha256(json.dumps(class_names).encode())
-    for s in samples:
-        # The content digest too: a file rewritten with the same size and mtime is new data.
-        h.update(os.fsencode(s.path) + b"\0" + f"{s.label}:{s.size}:{s.mtime_ns}:{s.digest}\n".encode())
-    return h.hexdigest()[:32]
-
-
 def default_cache_dir() -> Path:
     """$IMGCLS_CACHE_DIR, else the platform's user cache folder (~/.cache/imgcls on Linux)."""
     env = os.environ.get("IMGCLS_CACHE_DIR")
@@ -179,142 +89,33 @@ class _Candidate:
     image_name: bool  # has an image extension
 
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
 def _list_files(root: Path) -> tuple[list[str], list[_Candidate], list[FileNote], list[FileNote]]:
-    """Walk root: class folders, then every file below them, following folder links once.
-
-    Returns (class_names, candidates, rejected, ignored). Candidates still need decoding.
-    """
+    """Class folders (the root's sub-folders), then every file below them, walked by
+    files.walk's one link policy. Returns (class_names, candidates, rejected, ignored).
+    Candidates still need decoding."""
     class_names: list[str] = []
     ignored: list[FileNote] = []
-    rejected: list[FileNote] = []
     with os.scandir(root) as it:
         top = sorted(it, key=lambda e: e.name)
     for e in top:
-        if _is_hidden(e.name):
-            ignored.append(FileNote(e.name, "hidden"))
-        elif e.name.lower() in SYSTEM_DIRS or e.name.lower() in SYSTEM_FILES:
-            ignored.append(FileNote(e.name, "system file"))
+        why = skipped_name(e.name)
+        if why:
+            ignored.append(FileNote(e.name, why))
         elif _entry_is_dir(e):
             class_names.append(e.name)
         else:
             ignored.append(FileNote(e.name, "not in a class folder"))
-
     class_names, link_notes = _drop_linked_classes(root, class_names)
     ignored += link_notes
-    real_classes = {cls: os.path.realpath(root / cls) for cls in class_names}
-    candidates: list[_Candidate] = []
-    visited: dict[tuple[int, int], str] = {}
-    shared: list[tuple[str, str]] = []  # (folder as first scanned, the other class's link)
-    for label, cls in enumerate(class_names):
-        stack = [(root / cls, cls)]
-        while stack:
-            folder, rel_folder = stack.pop()
-            if rel_folder != cls:
-                why = _link_relabels(root, real_classes, cls, folder)
-                if why:
-                    ignored.append(FileNote(rel_folder, why))
-                    continue
-            try:
-                st = os.stat(folder)
-            except OSError as exc:
-                rejected.append(FileNote(rel_folder, f"unreadable folder: {exc.strerror}"))
-                continue
-            key = (st.st_dev, st.st_ino)
-            if key in visited:
-                first = visited[key]
-                first_cls = first.split("/", 1)[0]
-                if first_cls != cls:  # one folder reached from two classes
-                    shared.append((first, rel_folder))
-                    ignored.append(FileNote(rel_folder, (
-                        f"folder link to {display(first)}, already scanned in class "
-                        f"{display(first_cls)}: its photos would be under two classes; left "
-                        "out of both")))
-                else:
-                    ignored.append(FileNote(rel_folder, f"folder link to {display(first)} "
-                                            "(already scanned; a symlink loop or a second link)"))
-                continue
-            visited[key] = rel_folder
-            try:
-                with os.scandir(folder) as it:
-                    entries = sorted(it, key=lambda e: e.name)
-            except OSError as exc:
-                rejected.append(FileNote(rel_folder, f"unreadable folder: {exc.strerror}"))
-                continue
-            subdirs = []
-            for e in entries:
-                rel = f"{rel_folder}/{e.name}"
-                lower = e.name.lower()
-                if _is_hidden(e.name):
-                    ignored.append(FileNote(rel, "hidden"))
-                elif lower in SYSTEM_FILES or lower in SYSTEM_DIRS:
-                    ignored.append(FileNote(rel, "system file"))
-                elif _entry_is_dir(e):
-                    subdirs.append((Path(e.path), rel))
-                else:
-                    why = _link_relabels(root, real_classes, cls, Path(e.path), folder=False) \
-                        if e.is_symlink() else None
-                    if why:
-                        ignored.append(FileNote(rel, why))
-                        continue
-                    image_name = os.path.splitext(lower)[1] in IMAGE_EXTENSIONS
-                    try:
-                        st = e.stat()  # follows a file link
-                    except OSError as exc:
-                        note = FileNote(rel, f"unreadable: {_os_reason(exc, e.path)}")
-                        (rejected if image_name else ignored).append(note)
-                        continue
-                    if not stat.S_ISREG(st.st_mode):
-                        # FIFOs, sockets, devices: opening a FIFO would block forever.
-                        ignored.append(FileNote(rel, "not a regular file"))
-                        continue
-                    candidates.append(_Candidate(rel, label, st.st_size, st.st_mtime_ns,
-                                                 st.st_ctime_ns, image_name))
-            stack.extend(reversed(subdirs))
-    for first, other in shared:
-        # Which label is right is unknowable: the photos go to neither class.
-        inside = [c for c in candidates if c.rel.startswith(first + "/")]
-        if inside:
-            ignored.append(FileNote(first, f"its {len(inside)} file(s) are also reached from "
-                                    f"{display(other)} in another class: left out of both"))
-            gone = {id(c) for c in inside}
-            candidates = [c for c in candidates if id(c) not in gone]
-    return class_names, candidates, rejected, ignored
+    got = walk(root, class_names)
+    cands = [_Candidate(f.rel, f.scope, f.size, f.mtime_ns, f.ctime_ns, f.image_name)
+             for f in got.files]
+    return (class_names, cands, [FileNote(n.rel, n.reason) for n in got.rejected],
+            ignored + [FileNote(n.rel, n.reason) for n in got.ignored])
 
 
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def _link_relabels(root: Path, real_classes: dict[str, str], cls: str, path: Path,
-                   folder: bool = True) -> str | None:
-    """Why following `path` (met inside class `cls`) would label photos wrongly, else None.
-
-    A link inside a class folder that leads to the data folder (or above it), to another
-    class folder or into another class's tree would give that class's photos to `cls`: it is
-    not followed. Links that lead outside the data folder are followed as usual; links back
-    into the class's own tree are left to the loop check (the folder is scanned once).
-    """
-    real = os.path.realpath(path)
-    real_root = str(root)
-    what = "folder link" if folder else "file link"
-    if _inside(real_root, real):
-        where = "the data folder itself" if real == real_root else f"{display(real)}, which holds the data folder"
-        return f"{what} to {where}: not followed (it would relabel other classes' photos)"
-    for other, real_other in real_classes.items():
-        if other != cls and _inside(real, real_other):
-            rel = os.path.relpath(real, real_other)
-            target = f"class folder {display(other)}" if rel == "." else \
-                f"{display(other + '/' + rel.replace(os.sep, '/'))} in class {display(other)}"
-            return (f"{what} to {target}: not followed (those photos belong to "
-                    f"{display(other)}, not {display(cls)})")
-    if _inside(real, real_root) and not _inside(real, real_classes[cls]):
-        return f"{what} to {display(os.path.relpath(real, real_root))} inside the data folder " \
-               "but outside every class folder: not followed"
-    return None
 
 
 def _drop_linked_classes(root: Path, class_names: list[str]) -> tuple[list[str], list[FileNote]]:
@@ -340,22 +141,11 @@ def _drop_linked_classes(root: Path, class_names: list[str]) -> tuple[list[str],
     return keep, notes
 
 
-def _skipped_name(name: str) -> str | None:
-    if _is_hidden(name):
-        return "hidden"
-    if name.lower() in SYSTEM_FILES or name.lower() in SYSTEM_DIRS:
-        return "system file"
-    return None
-
-
 def _list_labelled(root: Path, spec) -> tuple:
     """Like _list_files, with labels from file names or a CSV (labels.py)."""
-    from imgcls import labels as L
-
-    got = (L.from_names if spec.kind == "name" else L.from_csv)(root, spec, _skipped_name)
-    cands = [_Candidate(rel, label, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                        os.path.splitext(rel.lower())[1] in IMAGE_EXTENSIONS)
-             for rel, label, st in got.files]
+    got = (L.from_names if spec.kind == "name" else L.from_csv)(root, spec)
+    cands = [_Candidate(rel, label, f.size, f.mtime_ns, f.ctime_ns, f.image_name)
+             for rel, label, f in got.files]
     return (got.class_names, cands, [FileNote(p, r) for p, r in got.rejected],
             [FileNote(p, r) for p, r in got.ignored], got.problems)
 
@@ -365,19 +155,6 @@ def _entry_is_dir(e: os.DirEntry) -> bool:
         return e.is_dir(follow_symlinks=True)
     except OSError:
         return False
-
-
-def _os_reason(exc: OSError, path: str | None = None) -> str:
-    import errno
-
-    if exc.errno == errno.ELOOP:
-        return "symlink loop"
-    if exc.errno == errno.ENOENT:
-        # A link whose target is gone, or a file deleted between the listing and now.
-        if path is None or os.path.islink(path):
-            return "broken symlink"
-        return "vanished during the scan"
-    return exc.strerror or str(exc)
 
 
 # ----------------------------------------------------------------------------- checking
@@ -400,12 +177,12 @@ def check_file(path: str, image_name: bool, max_pixels: int, min_side: int) -> C
             head = f.read(64)
             if not head:
                 return (bad, "empty file", "", 0, 0)
-            if not image_name and not _might_be_image(f):
+            if not image_name and not might_be_image(f):
                 return ("ignored", "not an image", "", 0, 0)
             f.seek(0)
             data = f.read()
     except OSError as exc:
-        return (bad, f"unreadable: {_os_reason(exc, path)}", "", 0, 0)
+        return (bad, f"unreadable: {os_reason(exc, path)}", "", 0, 0)
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
         with warnings.catch_warnings():
@@ -434,20 +211,6 @@ def check_file(path: str, image_name: bool, max_pixels: int, min_side: int) -> C
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return (bad, f"truncated or corrupt: {msg}", digest, 0, 0)
     return ("ok", "", digest, w, h)
-
-
-def _might_be_image(f) -> bool:
-    """Cheap content test for files without an image extension (so a 4 GB video is not read)."""
-    from PIL import Image
-
-    try:
-        f.seek(0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(f):
-                return True
-    except Exception:
-        return False
 
 
 def _not_an_image_reason(data: bytes) -> str:
@@ -501,9 +264,40 @@ def scan(data_dir: str | os.PathLike, opts: ScanOptions | None = None) -> Datase
     if not root.is_dir():
         raise UserError(f"{display(root)}: not a folder (expected one sub-folder per class)")
     root = root.resolve()
-    from imgcls import labels as L
-
     spec = L.parse(opts.labels)
+    class_names, cands, rejected, ignored, problems = _list(root, spec, opts)
+    results, decoded = _checked(root, cands, opts)
+    samples: list[Sample] = []
+    by_digest: dict[str, list[_Candidate]] = defaultdict(list)
+    for c in cands:
+        status, reason, digest, w, h = results[c.rel]
+        if status == "ok":
+            samples.append(Sample(c.rel, c.label, c.size, c.mtime_ns, w, h, digest))
+            by_digest[digest].append(c)
+        else:
+            (rejected if status == "rejected" else ignored).append(FileNote(c.rel, reason))
+    groups = [g for g in by_digest.values() if len(g) > 1]
+    duplicates = sorted(sorted(c.rel for c in g) for g in groups)
+    conflicts = sorted(sorted(c.rel for c in g) for g in groups if len({c.label for c in g}) > 1)
+    samples.sort(key=lambda s: (s.label, s.path))
+    index = DatasetIndex(str(root), class_names, samples, sorted(rejected, key=lambda n: n.path),
+                         sorted(ignored, key=lambda n: n.path), duplicates, conflicts,
+                         compute_fingerprint(class_names, samples),
+                         {"decoded": decoded, "from_cache": len(cands) - decoded,
+                          "seconds": round(time.perf_counter() - t0, 3)}, spec.text, problems)
+    empty = [name for name, n in index.per_class().items() if n == 0]
+    if empty:
+        name = empty[0]
+        bad = sum(1 for n in rejected if n.path.startswith(name + "/"))
+        where = f"class folder {display(root / name)}" if spec.kind == "folders" else f"class {display(name)}"
+        raise EmptyClassError(index, f"{where} has no usable image"
+                              + (f" ({bad} rejected; see `imgcls scan {display(root)}`)" if bad else ""))
+    return index
+
+
+def _list(root: Path, spec, opts: ScanOptions) -> tuple:
+    """(class_names, candidates, rejected, ignored, label problems), or UserError for a
+    folder with too few classes to train on."""
     problems: dict = {}
     try:
         if spec.kind == "folders":
@@ -524,7 +318,13 @@ def scan(data_dir: str | os.PathLike, opts: ScanOptions | None = None) -> Datase
     if len(class_names) < opts.min_classes:
         raise UserError(f"{display(root)}: only one class folder ({display(class_names[0])}); "
                         "a classifier needs at least two")
+    return class_names, cands, rejected, ignored, problems
 
+
+def _checked(root: Path, cands: list[_Candidate], opts: ScanOptions
+             ) -> tuple[dict[str, CheckResult], int]:
+    """Each candidate's check result, from the scan cache where the file is unchanged (path,
+    size, mtime, ctime), else by decoding it; and how many were decoded."""
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
     if is_within(cache_dir, root):
         raise UserError(f"cache folder {display(cache_dir)} is inside the data folder; "
@@ -532,7 +332,6 @@ def scan(data_dir: str | os.PathLike, opts: ScanOptions | None = None) -> Datase
     cache_file = _scan_cache_file(cache_dir, root)
     settings = _settings_key(opts)
     cached = _load_scan_cache(cache_file, root, settings) if opts.use_cache else {}
-
     results: dict[str, CheckResult] = {}
     todo = []
     for c in cands:
@@ -549,49 +348,16 @@ def scan(data_dir: str | os.PathLike, opts: ScanOptions | None = None) -> Datase
             atomic_write_json(cache_file, {"root": str(root), "settings": settings,
                                            "files": new_cache}, indent=None)
         except OSError as exc:
-            print(f"imgcls: warning: could not write the scan cache {display(cache_file)}: "
-                  f"{exc.strerror}", file=sys.stderr)
-
-    samples: list[Sample] = []
-    by_digest: dict[str, list[_Candidate]] = defaultdict(list)
-    for c in cands:
-        status, reason, digest, w, h = results[c.rel]
-        if status == "ok":
-            samples.append(Sample(c.rel, c.label, c.size, c.mtime_ns, w, h, digest))
-            by_digest[digest].append(c)
-        elif status == "rejected":
-            rejected.append(FileNote(c.rel, reason))
-        else:
-            ignored.append(FileNote(c.rel, reason))
-    duplicates, conflicts = [], []
-    for group in by_digest.values():
-        if len(group) > 1:
-            duplicates.append(sorted(c.rel for c in group))
-            if len({c.label for c in group}) > 1:
-                conflicts.append(sorted(c.rel for c in group))
-    samples.sort(key=lambda s: (s.label, s.path))
-    rejected.sort(key=lambda n: n.path)
-    ignored.sort(key=lambda n: n.path)
-    index = DatasetIndex(str(root), class_names, samples, rejected, ignored,
-                         sorted(duplicates), sorted(conflicts),
-                         compute_fingerprint(class_names, samples),
-                         {"decoded": len(todo), "from_cache": len(cands) - len(todo),
-                          "seconds": round(time.perf_counter() - t0, 3)}, spec.text, problems)
-    empty = [name for name, n in index.per_class().items() if n == 0]
-    if empty:
-        name = empty[0]
-        bad = sum(1 for n in rejected if n.path.startswith(name + "/"))
-        where = f"class folder {display(root / name)}" if spec.kind == "folders" else f"class {display(name)}"
-        raise EmptyClassError(index, f"{where} has no usable image"
-                        + (f" ({bad} rejected; see `imgcls scan {display(root)}`)" if bad else ""))
-    return index
+            logger.warning(f"could not write the scan cache {display(cache_file)}: "
+                           f"{exc.strerror}")
+    return results, len(todo)
 
 
 def format_report(index: DatasetIndex, limit: int = 20) -> str:
     """The human summary: Keras's first line, then counts, rejects with reasons, duplicates."""
     lines = [f"Found {len(index.samples)} files belonging to {len(index.class_names)} classes."]
     if index.label_source != "folders":
-        from imgcls.labels import describe
+        from imgcls.data.labels import describe
 
         lines.append(f"Labels from {display(index.label_source)}"
                      + (":" if index.label_problems else "."))

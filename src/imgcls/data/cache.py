@@ -15,20 +15,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from imgcls.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessSpec, load_image
+from imgcls.data.index import DatasetIndex, FileNote
+from imgcls.data.scan import default_cache_dir
 from imgcls.errors import UserError
 from imgcls.fsutil import atomic_write_json, display, is_within
 from imgcls.runtime import thread_map
-from imgcls.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessSpec, load_image
-from imgcls.scan import DatasetIndex, FileNote, default_cache_dir
+
+logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 IMAGES, LABELS, MANIFEST = "images.npy", "labels.npy", "manifest.json"
@@ -241,8 +244,7 @@ def build_cache(index: DatasetIndex, spec: PreprocessSpec, cache_dir: str | os.P
         for row, reason in sorted(failures):
             labels[row] = -1
             dropped.append(FileNote(index.samples[row].path, reason))
-            print(f"imgcls: warning: {display(index.samples[row].path)}: {reason}; left out",
-                  file=sys.stderr)
+            logger.warning(f"{display(index.samples[row].path)}: {reason}; left out")
         np.save(tmp / LABELS, labels)
         (tmp / READER_LOCK).touch()
         # Hold the reader lock from before the rename: another build's clean-up must never

@@ -15,8 +15,16 @@ import os
 import shutil
 from pathlib import Path
 
-from imgcls.checkpoint import (BEST, EPOCHS, LAST, Checkpoint, CheckpointError, epoch_path,
-                               read_metadata, save_checkpoint)
+from imgcls.checkpoint import (
+    BEST,
+    EPOCHS,
+    LAST,
+    Checkpoint,
+    CheckpointError,
+    epoch_path,
+    read_metadata,
+    save_checkpoint,
+)
 from imgcls.fsutil import atomic_write_bytes, atomic_write_json, temp_path_for
 
 METRICS, CONFIG, DATA, LOCK = "metrics.jsonl", "config.json", "data.json", ".lock"

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from imgcls.data.index import DatasetIndex
 from imgcls.errors import UserError
 from imgcls.fsutil import atomic_write_bytes, display
-from imgcls.scan import DatasetIndex
 
 SPLIT_FILE = "split.json.gz"
 RECORD_VERSION = 1

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from imgcls.cache import ImageCache
+from imgcls.data.cache import ImageCache
 
 
 @dataclass(frozen=True)

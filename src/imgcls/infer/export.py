@@ -3,7 +3,7 @@
 Owns the exported model's contract:
     input  "image":         (batch, H, W, 3) uint8 RGB, prepared by the preprocess spec
                             (decode, Exif orientation, RGB, resize) - i.e. what
-                            imgcls.preprocess.load_image returns; batch is dynamic
+                            imgcls.data.preprocess.load_image returns; batch is dynamic
     output "logits":        (batch, C) float32
     output "probabilities": (batch, C) float32, softmax of the logits
     metadata "imgcls":      JSON with class_names, preprocess, model, source checkpoint
@@ -23,13 +23,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from imgcls import __version__
 from imgcls.checkpoint import CheckpointError, check_finite, load_checkpoint, resolve_model_path
+from imgcls.data.preprocess import ImageError, PreprocessSpec
 from imgcls.errors import UserError
 from imgcls.fsutil import atomic_write_bytes, display
-from imgcls.models import ModelConfig, create_model
-from imgcls.onnx_backend import INPUT, LOGITS, META_KEY, PROBS
-from imgcls.preprocess import ImageError, PreprocessSpec, load_image
+from imgcls.infer.onnx_backend import INPUT, LOGITS, META_KEY, PROBS, OnnxBackend
+from imgcls.infer.predictor import Predictor
+from imgcls.models import ModelConfig, create_model, two_logits
+from imgcls.version import __version__
 
 PARITY_TOLERANCE = 1e-4
 
@@ -43,9 +44,7 @@ class Exportable(nn.Module):
 
     def forward(self, image: torch.Tensor):
         x = image.permute(0, 3, 1, 2).float()  # (B, 3, H, W), 0..255
-        logits = self.model(x)
-        if logits.shape[1] == 1:
-            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        logits = two_logits(self.model(x))
         return logits, logits.softmax(dim=1)
 
 
@@ -59,10 +58,13 @@ class ExportReport:
     opset: int
 
 
-def _check_images(meta: dict, spec: PreprocessSpec, folder: str | None, n: int) -> tuple[np.ndarray, bool]:
-    """Up to n real images (the given folder, else the training data), else random pixels."""
-    from imgcls.predict import expand_inputs
+def _check_images(meta: dict, predictor: Predictor, folder: str | None,
+                  n: int) -> tuple[np.ndarray, bool]:
+    """Up to n real images (the given folder, else the training data), prepared by the
+    Predictor as every prediction is; else random pixels."""
+    from imgcls.data.files import expand_inputs
 
+    spec = predictor.spec
     candidates = [folder] if folder else [meta.get("config", {}).get("val_dir"),
                                           meta.get("config", {}).get("data_dir")]
     for c in candidates:
@@ -73,7 +75,7 @@ def _check_images(meta: dict, spec: PreprocessSpec, folder: str | None, n: int) 
         arrays = []
         for f in files[::step]:
             try:
-                arrays.append(load_image(f, spec))
+                arrays.append(predictor.prepare(f))
             except (ImageError, OSError):
                 continue
             if len(arrays) == n:
@@ -94,7 +96,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, opset: in
     check_finite(src, ckpt.weights)
     try:
         import onnx
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401  (the parity check runs it)
     except ImportError:
         raise UserError("export needs onnx and onnxruntime: pip install 'imgcls[onnx]'") from None
     meta = ckpt.meta
@@ -128,12 +130,16 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, opset: in
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
 
-    # Parity: ONNX Runtime against PyTorch on the same prepared images, before writing.
-    images, real = _check_images(meta, spec, check_dir, check_count)
+    # Parity: the ONNX model against PyTorch in float32, both through the Predictor (the
+    # same prepared images, the same probabilities code), before anything is written.
+    torch_side = Predictor.from_checkpoint(src, device="cpu", amp="off")
+    onnx_side = Predictor(OnnxBackend(data), src)
+    images, real = _check_images(meta, torch_side, check_dir, check_count)
+    t_probs = torch_side.probabilities(images, tta=False)
+    o_probs = onnx_side.probabilities(images, tta=False)
     with torch.no_grad():
-        t_logits, t_probs = (t.numpy() for t in wrapper(torch.from_numpy(images)))
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    o_logits, o_probs = sess.run([LOGITS, PROBS], {INPUT: images})
+        t_logits = wrapper(torch.from_numpy(images))[0].numpy()
+    o_logits = onnx_side.backend.session.run([LOGITS], {INPUT: images})[0]
     d_probs = float(np.abs(o_probs - t_probs).max())
     d_logits = float(np.abs(o_logits - t_logits).max())
     if not (np.isfinite(o_probs).all() and np.isfinite(t_probs).all()):

@@ -86,15 +86,6 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def broadcast_object(world: World, obj):
-    """Rank 0's object on every rank."""
-    if not world.active:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def check_consistent(world: World, items: dict) -> None:
     """Every rank must agree on `items` (versions, data fingerprint, batch size...)."""
     if not world.active:

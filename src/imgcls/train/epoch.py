@@ -20,14 +20,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from imgcls import distributed as D
-from imgcls.augment import AugmentConfig, augment_batch, to_float
 from imgcls.config import TrainConfig
-from imgcls.loader import BatchLoader
-from imgcls.optim import lr_factor
+from imgcls.data.augment import AugmentConfig, augment_batch, to_float
+from imgcls.data.loader import BatchLoader
+from imgcls.models import two_logits
+from imgcls.train import distributed as D
+from imgcls.train.optim import lr_factor
 
 if TYPE_CHECKING:
-    from imgcls.train import TrainState, _StopFlag
+    from imgcls.train.state import StopFlag, TrainState
 
 
 def epoch_passes(epoch_images: int, n_train: int) -> int:
@@ -75,14 +76,6 @@ def mixup(x: torch.Tensor, labels: torch.Tensor, alpha: float):
     return x.mul(lam).add_(x[perm], alpha=1.0 - lam), labels[perm], lam
 
 
-def two_logits(logits: torch.Tensor) -> torch.Tensor:
-    """A single-logit head z as the logits (0, z): softmax gives (1 - sigmoid z, sigmoid z),
-    so cross-entropy on them is exactly the binary cross-entropy of the tutorial's head."""
-    if logits.shape[1] == 1:
-        return torch.cat([torch.zeros_like(logits), logits], 1)
-    return logits
-
-
 def _wide(logits: torch.Tensor) -> torch.Tensor:
     """Logits for the loss: float32 from a bf16/fp16 pass, float64 kept as it is."""
     return logits if logits.dtype == torch.float64 else logits.float()
@@ -98,7 +91,7 @@ class EpochOutcome:
 
 
 def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world: D.World,
-                device: torch.device, stop: _StopFlag, start_step: int, bar=None,
+                device: torch.device, stop: StopFlag, start_step: int, bar=None,
                 hint: Callable | None = None) -> EpochOutcome:
     """Optimizer steps over one epoch (from start_step). Every `check` steps and at the
     epoch's last step the ranks agree on whether to stop (signal or non-finite loss)."""

@@ -12,12 +12,12 @@ import os
 import numpy as np
 import torch
 
-from imgcls.augment import AugmentConfig, augment_batch, to_float
+from imgcls.data.augment import AugmentConfig, augment_batch, to_float
+from imgcls.data.index import DatasetIndex
+from imgcls.data.loader import epoch_order
+from imgcls.data.preprocess import ImageError, PreprocessSpec, load_image
 from imgcls.fsutil import display
-from imgcls.loader import epoch_order
-from imgcls.plots import image_grid
-from imgcls.preprocess import ImageError, PreprocessSpec, load_image
-from imgcls.scan import DatasetIndex
+from imgcls.viz.plots import image_grid
 
 
 def first_training_images(index: DatasetIndex, train: DatasetIndex, spec: PreprocessSpec,

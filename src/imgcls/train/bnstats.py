@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from imgcls import distributed as D
-from imgcls.augment import to_float
+from imgcls.data.augment import to_float
+from imgcls.train import distributed as D
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 

@@ -16,9 +16,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgcls.data.index import DatasetIndex
 from imgcls.errors import UserError
 from imgcls.fsutil import atomic_write_json, display, fsync_dir, is_within, temp_path_for
-from imgcls.scan import DatasetIndex
 
 MANIFEST_NAME = "imgcls-quarantine.json"
 MANIFEST_VERSION = 1

@@ -1,0 +1,434 @@
+"""fit(): scan, split, cache, then train with safe checkpoints and exact resume.
+
+Owns the training loop. Its pieces, in the order a run meets them:
+    prepare_data      scan, split (or the run's recorded split on resume), caches
+    build_state       model, optimizer, loss, resumed counters: the TrainState
+    epoch.train_epoch     one epoch of optimizer steps (micro-batches, mixed precision, mixup)
+    epoch.run_validation  loss and accuracy over every validation image, across ranks
+    epoch_stops       the stop rules (signal, divergence, time limit, patience), agreed
+                      by every rank through distributed.agree
+    runfolder.RunWriter   the files: config, data summary, split record, checkpoints
+The run folder:
+    run/config.json          the resolved TrainConfig
+    run/data.json            scan summary, split sizes, data fingerprints
+    run/split.json.gz        the exact training and validation files (split.write_record)
+    run/metrics.jsonl        one JSON object per finished epoch
+    run/checkpoints/epoch_NNN.safetensors   resumable, one per epoch (--keep N)
+    run/last.safetensors     resumable: the newest state (an epoch, or a Ctrl-C)
+    run/best.safetensors     weights only, best by --monitor: what predict/export use
+    run/tb/                  TensorBoard scalars, when tensorboard is installed
+Reproducibility: the data order comes from (seed, epoch), and the dropout and augmentation
+generators are re-seeded from (seed, epoch, rank) at each epoch start, so a run resumed at an
+epoch boundary retraces an uninterrupted one bit for bit on the CPU; a mid-epoch checkpoint
+(Ctrl-C) stores the generator states and the epoch's partial sums themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from imgcls.checkpoint import LAST, find_resumable
+from imgcls.config import TrainConfig
+from imgcls.data.preprocess import PreprocessSpec
+from imgcls.data.split import write_record
+from imgcls.errors import UserError
+from imgcls.fsutil import display
+from imgcls.models import ModelConfig
+from imgcls.runtime import cpu_threads, keep_freed_memory, resolve_device
+from imgcls.train import distributed as D
+from imgcls.train.bnstats import collapse_warning, recalibrate
+from imgcls.train.epoch import EpochOutcome, run_validation, train_epoch
+from imgcls.train.prepare import data_summary, prepare_data, scan_lines
+from imgcls.train.report import (
+    cpu_hint,
+    epoch_line,
+    log,
+    pace_line,
+    precision_line,
+    progress_bar,
+    stop_everywhere,
+    tensorboard,
+)
+from imgcls.train.runfolder import RunLock, RunWriter
+from imgcls.train.state import (
+    FitResult,
+    StopFlag,
+    TrainState,
+    build_state,
+    elapsed_before,
+    gather_rng_states,
+    local_world,
+    make_checkpoint,
+    seed_for,
+)
+from imgcls.version import __version__
+
+MAXIMIZE = {"val_accuracy": True, "accuracy": True, "val_loss": False, "loss": False}
+
+
+def _diverged_message(cfg: TrainConfig, global_step: int, steps: int, run: Path,
+                      last_epoch: int) -> str:
+    epoch, step = divmod(global_step - 1, steps)
+    kept = (f"the last finite checkpoint is kept ({display(run / LAST)}, epoch {last_epoch})"
+            if last_epoch else "no epoch had finished, so nothing was saved")
+    return (f"training diverged: the loss became NaN or infinite at epoch {epoch + 1}, step "
+            f"{step + 1} (learning rate {cfg.lr:g}, weight decay {cfg.weight_decay:g}; a "
+            f"learning rate or weight decay too high is the usual cause); {kept}")
+
+
+def epoch_stops(cfg: TrainConfig, state: TrainState, h: dict, stop: StopFlag,
+                world: D.World, device: torch.device) -> dict:
+    """The stop rules after an epoch, agreed by every rank (each rank's clock and signals
+    may differ; the validation metrics are already the same everywhere)."""
+    out_of_time = bool(cfg.time_limit and state.epoch + 1 < state.epochs and
+                       h["elapsed_s"] + h["seconds"] > cfg.time_limit * 60)
+    patience = bool(cfg.patience and state.bad_epochs >= cfg.patience)
+    fit = epochs_that_fit(cfg, state, h)
+    # max of -fit: the fewest epochs any rank's clock allows.
+    return D.agree(world, device, signal=stop.signal is not None, time=out_of_time,
+                   patience=patience, fit=-fit,
+                   nonfinite=not (math.isfinite(h["val_loss"]) and math.isfinite(h["loss"])))
+
+
+def _refit_schedule(cfg: TrainConfig, state: TrainState, fit: int, world: D.World) -> None:
+    if fit == state.epochs:
+        return
+    if abs(fit - state.epochs) >= 2 or state.epochs == cfg.epochs:  # small drifts quietly
+        log(world, f"Time limit: at this pace {fit} epochs fit in {cfg.time_limit:g} minutes; "
+             f"the {cfg.schedule} learning-rate schedule now ends with epoch {fit} (was "
+             f"{state.epochs})")
+    state.plan(fit)
+
+
+def epochs_that_fit(cfg: TrainConfig, state: TrainState, h: dict) -> int:
+    """The epochs the learning-rate schedule should run over: under --time-limit with a
+    decaying schedule, as many as the time left allows at this run's pace so far (never more
+    than planned), so the run still ends on the schedule's small final rates instead of
+    being cut at a high one; otherwise the plan."""
+    if not cfg.time_limit or cfg.schedule == "constant":
+        return state.epochs
+    # The slower of the typical and the latest epoch: a machine that slows down late (other
+    # work started on it) still ends on the schedule's small rates, not cut above them.
+    paces = state.paces or [h["seconds"]]
+    per_epoch = max(float(np.median(paces)), paces[-1])
+    left = cfg.time_limit * 60 - h["elapsed_s"]
+    # Up to cfg.epochs, not just the current plan: a first epoch slowed by warm-up may have
+    # planned too few.
+    return max(state.epoch + 1, min(cfg.epochs, state.epoch + 1 + int(left // per_epoch)))
+
+
+def fit(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
+        made_here: bool = False) -> FitResult:
+    """Train per cfg into run_dir. Raises UserError for bad input (one line, no traceback).
+
+    made_here: run_dir was made empty for this run (removed again if the run stops before
+    writing anything)."""
+    run = Path(run_dir).expanduser().resolve()
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    world = D.init(device.type)
+    try:
+        result = _fit(cfg, run, resume, device, world, started, made_here)
+        # Every rank leaves together before the process group is torn down: under load a
+        # rank 1 that left first was seen to abort at exit ("terminate called without an
+        # active exception", exit -6) after a complete run.
+        D.barrier(world)
+        return result
+    except (RuntimeError, OSError) as exc:
+        if not world.active or not _looks_like_lost_peer(exc):
+            raise
+        raise UserError(f"rank {world.rank}: lost contact with the other ranks ({_first_line(exc)}); "
+                        f"a rank probably died. The last complete checkpoint is kept: resume with "
+                        f"`imgcls train --resume {display(run)}` (any number of ranks)") from None
+    finally:
+        D.shutdown(world)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _looks_like_lost_peer(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(w in text for w in ("connection closed", "connection reset", "broken pipe",
+                                   "timed out", "timeout", "peer", "gloo", "nccl", "socket"))
+
+
+def _setup_device(cfg: TrainConfig, device: torch.device, world: D.World) -> torch.device:
+    if device.type == "cuda" and world.active:
+        device = torch.device("cuda", world.local_rank)
+    if device.type == "cpu":
+        keep_freed_memory()
+        if cfg.threads < 0:
+            raise UserError(f"--threads must be 0 (all cores) or more, not {cfg.threads}")
+        torch.set_num_threads(cfg.threads or max(1, cpu_threads() // max(1, local_world())))
+    else:
+        # cuDNN autotuning stays off: on an H200 it cost 22 s for the first full batch and 16 s
+        # for the epoch's last, partial one (4.8 and 4.5 s without), to run steps 2.6% faster,
+        # so it pays only after ~20 minutes of training (bench/cudnn_warmup.py).
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if cfg.batch_size % world.size:
+        raise UserError(f"batch size {cfg.batch_size} is not divisible by the {world.size} "
+                        "ranks: per-rank batch = global batch / world size")
+    return device
+
+
+def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
+         world: D.World, started: float, made_here: bool = False) -> FitResult:
+    device = _setup_device(cfg, device, world)
+    lock = RunLock(run, made_here) if world.main else None
+    problem = None
+    if lock is not None:
+        try:
+            holder = lock.acquire()
+            if holder is not None:
+                problem = (f"{display(run)} is in use by another imgcls run ({holder}); wait "
+                           "for it to end, or choose another --out")
+        except UserError as exc:
+            problem = str(exc)
+    try:
+        # Every rank hears rank 0's answer before any of them reads a photo.
+        if D.agree(world, device, busy=problem is not None)["busy"]:
+            stop_everywhere(world, problem or "rank 0 could not take the run folder")
+        return _fit_locked(cfg, run, resume, device, world, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit_locked(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
+                world: D.World, started: float) -> FitResult:
+    writer = RunWriter(run, cfg.keep)
+    resumed = None
+    if resume:
+        resumed, resumed_path, skipped = find_resumable(run)
+        for w in skipped:
+            log(world, f"imgcls: warning: skipping {w}", file=sys.stderr)
+    elif D.agree(world, device, taken=world.main and writer.holds_run())["taken"]:
+        stop_everywhere(world, f"{display(run)} already holds a run; continue it with "
+                         f"`imgcls train --resume {display(run)}` or choose another --out")
+
+    data = prepare_data(cfg, world, run, resume, None if resumed is None else
+                        PreprocessSpec.from_dict(resumed.meta["preprocess"]))
+    index = data.index
+    n_classes = len(index.class_names)
+    log(world, f"Found {len(index.samples) + (len(data.split.val.samples) if cfg.val_dir else 0)}"
+         f" files belonging to {n_classes} classes.\n" + "\n".join(data.split.summary_lines()))
+    if cfg.max_per_class:
+        log(world, f"(a seeded sample of at most {cfg.max_per_class} photos per class: "
+             "--max-per-class)")
+    for line in scan_lines(index, cfg) + [f"imgcls: warning: {w}" for w in data.warnings]:
+        log(world, line, file=sys.stderr)
+    D.check_consistent(world, {"fingerprint": index.fingerprint, "torch": torch.__version__,
+                               "imgcls": __version__, "batch": cfg.batch_size,
+                               "cache": str(data.cache.folder)})
+    state, train_loader, val_loader = build_state(cfg, data, device, world, resumed, run)
+    state.started = started - (elapsed_before(resumed) if resumed is not None else 0.0)
+    log(world, f"Precision: {precision_line(device, cfg.amp)}")
+    if train_loader.passes > 1:
+        log(world, f"Each epoch passes {train_loader.passes} times over the "
+             f"{len(data.train_rows)} training photos ({state.steps} steps; --epoch-images "
+             f"{cfg.epoch_images}: a small folder needs more steps than epochs)"
+             + (f", with mixup (alpha {state.mixup:g}; --mixup 0 for none)"
+                if state.mixup and cfg.mixup < 0 else ""))
+    if resumed is not None:
+        log(world, f"Resuming {display(run)} from {display(resumed_path.name)}: epoch "
+             f"{state.epoch + 1}, step {state.step}/{state.steps}")
+    if world.main:
+        writer.start(cfg.to_dict(), data_summary(data))
+        if not resume or not data.pinned:
+            write_record(run, data.split)
+    meta_base = {"class_names": index.class_names, "preprocess": data.spec.to_dict(),
+                 "model": ModelConfig(cfg.model, n_classes, dict(cfg.model_options)).to_dict(),
+                 "config": cfg.to_dict(), "data_fingerprint": index.fingerprint}
+    if cfg.time_limit and resumed is not None and \
+            time.perf_counter() - state.started >= cfg.time_limit * 60:
+        log(world, f"Time limit: this run has already trained for "
+             f"{(time.perf_counter() - state.started) / 60:.1f} of its {cfg.time_limit:g} "
+             "minutes (--time-limit is the run's total); give a larger --time-limit to train on")
+        return FitResult(run, state.history, _best_epoch(cfg, state.history))
+    with StopFlag() as stop:
+        return _epochs(cfg, run, state, train_loader, val_loader, writer, meta_base, world,
+                       device, stop, state.started)
+
+
+def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWriter,
+            meta_base: dict, world: D.World, device: torch.device, stop: StopFlag,
+            started: float) -> FitResult:
+    """The epoch loop: train, validate, save, then the agreed stop rules."""
+    result = FitResult(run, state.history)
+    tb = tensorboard(run) if world.main else None
+    first = state.epoch
+    try:
+        epoch = first
+        while epoch < state.epochs:
+            state.epoch = epoch
+            mid = epoch == first and state.step > 0
+            train_loader.set_epoch(epoch, state.step if mid else 0)
+            _seed_epoch(state, cfg, world, device, epoch, mid)
+            bar = progress_bar(world, state.steps, epoch, state.epochs, state.step if mid else 0)
+            hint = ((lambda s, k: cpu_hint(cfg, state.steps, s, k))
+                    if epoch == first and device.type == "cpu" and world.main else None)
+            out = train_epoch(state, cfg, train_loader, world, device, stop,
+                              state.step if mid else 0, bar, hint)
+            state.partial, state.step = None, 0
+            if bar is not None:
+                bar.close()
+            if out.stop.get("nonfinite"):
+                stop_everywhere(world, _diverged_message(
+                    cfg, int(out.stop["nonfinite"]), state.steps, run,
+                    state.history[-1]["epoch"] if state.history else 0))
+            if out.stop.get("signal") and out.step < state.steps:
+                D.all_sum(world, out.sums)  # partial sums of every rank, for the resume
+                rng = gather_rng_states(state, world, device)
+                if world.main:
+                    s = out.sums.tolist()
+                    writer.save(run / LAST, make_checkpoint(
+                        state, meta_base, world, device, epoch, out.step, {},
+                        partial=[s[0], s[1], s[2], out.seen * world.size, out.seconds],
+                        rng=rng))
+                D.barrier(world)
+                log(world, f"Stopped in epoch {epoch + 1} at step {out.step}/{state.steps}. "
+                     f"Resume with: imgcls train --resume {display(run)}")
+                result.interrupted = True
+                return result
+            h = _finish_epoch(cfg, state, out, val_loader, world, device, started)
+            last_saved = state.history[-1]["epoch"] if state.history else 0
+            improved = _score_epoch(cfg, state, h, result)
+            decision = epoch_stops(cfg, state, h, stop, world, device)
+            if decision["nonfinite"]:  # never save, nor call best, a model that outputs NaN
+                stop_everywhere(world, _diverged_message(
+                    cfg, (epoch + 1) * state.steps, state.steps, run, last_saved))
+            _refit_schedule(cfg, state, int(-decision["fit"]), world)
+            _save_epoch(cfg, state, h, improved, writer, meta_base, world, device, tb)
+            if epoch == first and state.epochs > epoch + 1:
+                log(world, pace_line(cfg, h, epoch + 1, state.epochs), file=sys.stderr)
+            if decision["signal"]:
+                result.interrupted = True
+                log(world, f"Stopped after epoch {epoch + 1}. Resume with: "
+                     f"imgcls train --resume {display(run)}")
+                return result
+            if decision["time"]:
+                log(world, f"Time limit: another epoch would end past {cfg.time_limit:g} "
+                     f"minutes; stopping after epoch {epoch + 1}.")
+                break
+            if decision["patience"]:
+                result.stopped_early = True
+                log(world, f"Early stopping: {cfg.monitor} has not improved for {cfg.patience} "
+                     f"epochs (best {state.best:.4f} at epoch {result.best_epoch}).")
+                break
+            D.barrier(world)
+            epoch += 1
+    finally:
+        if tb is not None:
+            tb.close()
+    if not result.best_epoch:
+        result.best_epoch = _best_epoch(cfg, state.history)
+    return result
+
+
+def _best_epoch(cfg: TrainConfig, history: list[dict]) -> int:
+    if not history:
+        return 0
+    vals = [h[cfg.monitor] for h in history]
+    return 1 + (int(np.argmax(vals)) if MAXIMIZE[cfg.monitor] else int(np.argmin(vals)))
+
+
+def _seed_epoch(state: TrainState, cfg: TrainConfig, world: D.World, device: torch.device,
+                epoch: int, mid: bool) -> None:
+    if mid and state.resumed is not None:
+        t = state.resumed.train_tensors
+
+        def own(key: str) -> str:  # this rank's streams (older checkpoints: rank 0's only)
+            return f"{key}.{world.rank}" if f"{key}.{world.rank}" in t else key
+
+        torch.set_rng_state(t[own("rng.cpu")])
+        state.aug_gen.set_state(t[own("rng.aug")].to("cpu"))
+        if device.type == "cuda" and own("rng.cuda") in t:
+            torch.cuda.set_rng_state(t[own("rng.cuda")], device)
+    else:
+        torch.manual_seed(seed_for(cfg.seed, epoch, world.rank, 0))
+        state.aug_gen.manual_seed(seed_for(cfg.seed, epoch, world.rank, 1))
+
+
+def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_loader,
+                  world: D.World, device: torch.device, started: float) -> dict:
+    """Reduce the epoch's sums, validate, and return its metrics line."""
+    t_val = time.perf_counter()
+    D.all_sum(world, out.sums)
+    if state.recal_loader is not None:
+        state.recal_loader.set_epoch(state.epoch)
+        recalibrate(state.model, state.recal_loader, cfg.bn_recalibrate, state.micro,
+                    state.autocast, world)
+    # The bare model, not the DDP wrapper: a rank with fewer validation batches (or none)
+    # must not wait in a collective of a DDP forward that the others do not enter.
+    v = run_validation(state.model, val_loader, world, state.eval_autocast,
+                       len(state.class_names))
+    s = out.sums.tolist()
+    h = {"epoch": state.epoch + 1, "loss": s[0] / max(1.0, s[2]),
+         "accuracy": s[1] / max(1.0, s[2]), "val_loss": v.loss, "val_accuracy": v.accuracy,
+         "lr": state.opt.param_groups[0]["lr"],
+         "images_per_s": out.seen * world.size / max(out.seconds, 1e-9),
+         "seconds": out.seconds + time.perf_counter() - t_val,
+         "elapsed_s": time.perf_counter() - started}
+    state.paces.append(h["seconds"])
+    warning = collapse_warning(v.pred_counts, v.true_counts, v.accuracy, h["accuracy"],
+                               state.class_names, state.epoch + 1)
+    if warning:
+        h["collapsed"] = True
+        if not state.warned_collapse or state.epoch + 1 == state.epochs:
+            log(world, f"imgcls: warning: {warning}", file=sys.stderr)
+            state.warned_collapse = True
+    if world.active:
+        h["rank_weight_sums"] = _weights_checksum(world, state.model, device)
+        if len(set(h["rank_weight_sums"])) != 1:
+            raise RuntimeError(f"DDP ranks diverged: weight sums {h['rank_weight_sums']}")
+    return h
+
+
+def _score_epoch(cfg: TrainConfig, state: TrainState, h: dict, result: FitResult) -> bool:
+    """Add the epoch to the history; whether it is the best so far by cfg.monitor."""
+    state.history.append(h)
+    value = h[cfg.monitor]
+    improved = state.best is None or (value > state.best if MAXIMIZE[cfg.monitor] else value < state.best)
+    if improved:
+        state.best, state.bad_epochs, result.best_epoch = value, 0, state.epoch + 1
+    else:
+        state.bad_epochs += 1
+    return improved
+
+
+def _save_epoch(cfg: TrainConfig, state: TrainState, h: dict, improved: bool,
+                writer: RunWriter, meta_base: dict, world: D.World, device: torch.device,
+                tb) -> None:
+    if world.main:
+        full = make_checkpoint(state, meta_base, world, device, state.epoch + 1, 0, h)
+        best = make_checkpoint(state, meta_base, world, device, state.epoch + 1, 0, h,
+                           full=False) if improved else None
+        writer.end_epoch(state.epoch + 1, full, best, state.history)
+        if tb is not None:
+            for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s"):
+                tb.add_scalar(k, h[k], state.epoch + 1)
+            tb.flush()
+    log(world, epoch_line(h, state.epochs))
+
+
+def _weights_checksum(world: D.World, model: nn.Module, device: torch.device) -> list[float]:
+    """Each rank's sum of all weights; DDP keeps them identical, so a difference is a bug."""
+    total = torch.zeros(1, dtype=torch.float64, device=device)
+    for p in model.parameters():
+        total += p.detach().double().sum()
+    if not world.active:
+        return [total.item()]
+    out = [torch.zeros_like(total) for _ in range(world.size)]
+    torch.distributed.all_gather(out, total)
+    return [t.item() for t in out]

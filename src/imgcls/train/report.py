@@ -1,0 +1,112 @@
+"""What a run says: the precision line, the epoch line, the CPU hint, progress bars,
+TensorBoard, and rank 0's messages (other ranks stay quiet).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from imgcls.config import TrainConfig
+from imgcls.errors import PeerError, UserError
+from imgcls.logs import NOTE
+from imgcls.train import distributed as D
+
+logger = logging.getLogger(__name__)
+
+
+def log(world: D.World, text: str, file=None) -> None:
+    """Rank 0's message, logged: a line for stdout (file None), or with file=sys.stderr a
+    note or warning by its prefix ("imgcls: note: ", "imgcls: warning: "). Other ranks
+    stay quiet."""
+    if not world.main:
+        return
+    if file is None:
+        logger.info(text)
+    elif text.startswith("imgcls: warning: "):
+        logger.warning(text[len("imgcls: warning: "):])
+    else:
+        logger.info(text.removeprefix("imgcls: note: ").removeprefix("imgcls: "), extra=NOTE)
+
+
+def stop_everywhere(world: D.World, message: str):
+    """Raise the same stop on every rank; only rank 0's is printed."""
+    raise UserError(message) if world.main else PeerError(message)
+
+
+def precision_line(device: torch.device, amp: str) -> str:
+    from imgcls.runtime import precision_for
+
+    p = precision_for(device.type, amp, training=True)
+    if p == "fp64":
+        return "float64 throughout (--amp fp64: for checking, several times slower)"
+    if p == "fp32":
+        why = ("--amp off" if amp == "off" else "--amp auto trains in float32 on a CPU; "
+               "--amp bf16 to train in bf16")
+        line = f"float32 ({why})"
+        if precision_for(device.type, amp, training=False) == "bf16":
+            line += "; validation in bf16, which this CPU computes natively"
+        return line
+    why = {"auto": "this CPU computes bf16 natively" if device.type == "cpu" else "the GPU's",
+           "bf16": "--amp bf16", "fp16": "--amp fp16"}[amp]
+    return f"{p} mixed precision, weights in float32 ({why}; --amp off for float32)"
+
+
+def epoch_line(h: dict, epochs: int) -> str:
+    return (f"Epoch {h['epoch']}/{epochs}  loss {h['loss']:.4f}  accuracy {h['accuracy']:.4f}  "
+            f"val_loss {h['val_loss']:.4f}  val_accuracy {h['val_accuracy']:.4f}  "
+            f"{h['images_per_s']:.1f} img/s  {h['seconds']:.1f}s")
+
+
+def pace_line(cfg: TrainConfig, h: dict, done: int, planned: int) -> str:
+    """After a session's first epoch: how long the whole run takes at this pace, and what
+    --time-limit gives up (or would give)."""
+    left = (planned - done) * h["seconds"]
+    total = h["elapsed_s"] + left
+    line = (f"imgcls: note: at this pace ({h['seconds']:.0f} s an epoch) the run's {planned} "
+            f"epochs take about {_minutes(total)} in all, {_minutes(left)} from now")
+    if cfg.time_limit and planned < cfg.epochs:
+        line += (f"; --time-limit {cfg.time_limit:g} fits {planned} of its {cfg.epochs} "
+                 f"epochs (all {cfg.epochs}: about {_minutes(total + (cfg.epochs - planned) * h['seconds'])})")
+    elif not cfg.time_limit:
+        line += "; --time-limit MIN fits the schedule to a budget"
+    return line
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
+def cpu_hint(cfg: TrainConfig, steps: int, seconds: float, done: int) -> None:
+    """On a CPU, say what the tutorial recipe will cost and point to the CPU preset."""
+    if cfg.model != "xception" or done <= 0:
+        return
+    per_epoch = seconds / done * steps
+    if per_epoch < 300:
+        return
+    fmt = lambda s: f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min"
+    logger.info(f"on this CPU one epoch of {cfg.model} at {cfg.image_size} px takes about "
+                f"{fmt(per_epoch)} ({cfg.epochs} epochs: {fmt(per_epoch * cfg.epochs)}). "
+                "`--preset cpu` trains a CPU-sized network instead (see BENCHMARKS.md).",
+                extra=NOTE)
+
+
+def progress_bar(world: D.World, steps: int, epoch: int, epochs: int, initial: int):
+    from imgcls.runtime import interactive
+
+    if not world.main or not interactive():
+        return None
+    from tqdm.auto import tqdm  # widgets in Jupyter, text elsewhere
+
+    return tqdm(total=steps, initial=initial, desc=f"Epoch {epoch + 1}/{epochs}", unit="step",
+                leave=False, dynamic_ncols=True)
+
+
+def tensorboard(run: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run / "tb"))

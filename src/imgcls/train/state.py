@@ -1,0 +1,347 @@
+"""TrainState: the one owner of what changes during a run, and what a checkpoint restores.
+
+Owns building the state (model, optimizer, loaders' sizes, precision, micro-batch size,
+resumed counters and schedule), restoring it from a checkpoint, and turning it back into
+one (every rank's random streams included, for a mid-epoch stop). The loop (loop.py) and
+one epoch (epoch.py) read and advance it; neither defines it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from imgcls.checkpoint import Checkpoint
+from imgcls.config import TrainConfig
+from imgcls.data.loader import BatchLoader
+from imgcls.data.preprocess import PreprocessSpec
+from imgcls.errors import UserError
+from imgcls.fsutil import display
+from imgcls.models import ModelConfig, create_model
+from imgcls.runtime import autocast_for
+from imgcls.train import distributed as D
+from imgcls.train.bnstats import needs_recalibration
+from imgcls.train.epoch import epoch_passes, mixup_alpha
+from imgcls.train.optim import (
+    class_weights,
+    load_optimizer_state,
+    lr_factor,
+    make_optimizer,
+    optimizer_state,
+)
+from imgcls.train.prepare import TrainData
+from imgcls.train.report import log
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    interrupted: bool = False
+
+
+def seed_for(cfg_seed: int, epoch: int, rank: int, stream: int) -> int:
+    return int(np.random.SeedSequence([cfg_seed, epoch, rank, stream]).generate_state(1)[0])
+
+
+class StopFlag:
+    """Turns SIGINT/SIGTERM into a request to stop at the next agreed step boundary."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C: stop now (files are still atomic)
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\nimgcls: {signal.Signals(signum).name}: saving a resumable checkpoint "
+              "after this step (again to quit now)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training, and what a checkpoint must restore."""
+    model: nn.Module  # the bare model (weights, BatchNorm statistics)
+    net: nn.Module  # what the loop calls: the model, maybe wrapped by DDP / torch.compile
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    autocast: Callable
+    aug_gen: torch.Generator
+    weights: torch.Tensor | None  # per-class loss weights
+    micro: int  # images per forward/backward pass
+    steps: int  # optimizer steps per epoch
+    total_steps: int  # for the schedule
+    warmup: int  # steps
+    history: list[dict] = field(default_factory=list)
+    best: float | None = None
+    bad_epochs: int = 0
+    epoch: int = 0  # the epoch to run next (0-based)
+    step: int = 0  # steps of that epoch already done (resuming mid-epoch)
+    partial: list[float] | None = None  # that epoch's sums so far: loss, correct, count, seen, s
+    resumed: Checkpoint | None = None
+    recal_loader: BatchLoader | None = None  # training images for BatchNorm's statistics
+    eval_autocast: Callable | None = None  # validation's precision (inference's: bf16 on a
+    #                                        CPU that computes it natively)
+    class_names: list[str] = field(default_factory=list)
+    warned_collapse: bool = False
+    epochs: int = 0  # epochs the schedule runs over: cfg.epochs, or fewer under --time-limit
+    paces: list[float] = field(default_factory=list)  # seconds of each epoch this process ran
+    mixup: float = 0.0  # the alpha in use (cfg.mixup resolved for the data size)
+    dtype: torch.dtype = torch.float32  # of the weights and the inputs (float64: --amp fp64)
+    started: float = 0.0  # perf_counter() at which the run, earlier sessions included, began
+
+    def plan(self, epochs: int) -> None:
+        self.epochs, self.total_steps = epochs, self.steps * epochs
+
+
+def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: D.World,
+                resumed: Checkpoint | None, run: Path) -> tuple[TrainState, BatchLoader, BatchLoader]:
+    n_classes = len(data.index.class_names)
+    mcfg = ModelConfig(cfg.model, n_classes, dict(cfg.model_options))
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+    try:
+        model = create_model(mcfg)
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from None
+    if cfg.image_size < getattr(model, "min_size", 1):
+        raise UserError(f"image size {cfg.image_size} px is too small for {cfg.model}: "
+                        f"it needs at least {model.min_size} px")
+    if getattr(model, "num_logits", n_classes) == 1 and n_classes != 2:
+        raise UserError(f"the single_logit option needs exactly two classes; this data has {n_classes}")
+    if resumed is not None:
+        _check_resume_matches(resumed, mcfg, data.index.class_names, data.spec, run)
+        model.load_state_dict(resumed.weights)
+    dtype = torch.float64 if cfg.amp == "fp64" else torch.float32
+    model.to(device, dtype)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and world.active:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            log(world, "imgcls: note: --sync-bn needs CUDA (PyTorch's SyncBatchNorm); on the "
+                 "CPU each rank keeps its own BatchNorm statistics", file=sys.stderr)
+    net = model
+    if world.active:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    per_rank = cfg.batch_size // world.size
+    passes = epoch_passes(cfg.epoch_images, len(data.train_rows))
+    per_rank_images = -(-len(data.train_rows) * passes // world.size)  # DDP pads shards evenly
+    train_loader = BatchLoader(data.cache, data.train_rows, per_rank, seed=cfg.seed,
+                               rank=world.rank, world_size=world.size, device=device,
+                               passes=passes,
+                               # a last batch of one image breaks BatchNorm: drop it
+                               drop_last=per_rank_images % per_rank == 1)
+    val_loader = BatchLoader(data.val_cache, data.val_rows, per_rank, shuffle=False,
+                             rank=world.rank, world_size=world.size, device=device)
+    micro = cfg.micro_batch or auto_micro_batch(model, cfg.image_size, per_rank, device)
+    micro = min(micro, per_rank)
+    if micro < per_rank:
+        log(world, f"imgcls: note: {per_rank} images at once do not fit in free memory here; "
+             f"each step accumulates gradients over passes of about {micro} (BatchNorm sees "
+             f"{micro} images at a time; --micro-batch to choose)" if not cfg.micro_batch else
+             f"imgcls: note: each step accumulates gradients over passes of about {micro} images",
+             file=sys.stderr)
+    if micro == 1 or per_rank == 1:
+        log(world, "imgcls: warning: BatchNorm sees one image at a time per rank: its batch "
+             "statistics are noise; use a larger --batch-size (or --micro-batch)", file=sys.stderr)
+    steps = len(train_loader)
+    autocast, scaler = autocast_for(device, cfg.amp, training=True)
+    w = class_weights(cfg, data.cache.labels[data.train_rows], n_classes)
+    # A run started with one parameter group (before 0.2) resumes with the rule it had.
+    decay_all = cfg.decay_1d or (resumed is not None and
+                                 len(resumed.train_meta["optimizer"]["param_groups"]) == 1)
+    state = TrainState(model, net, make_optimizer(cfg, model, decay_all), scaler, autocast,
+                       torch.Generator(device=device), None if w is None else w.to(device, dtype),
+                       micro, steps, steps * cfg.epochs, int(round(cfg.warmup_epochs * steps)))
+    state.class_names = list(data.index.class_names)
+    state.dtype = dtype
+    state.epochs = cfg.epochs
+    state.eval_autocast = autocast_for(device, cfg.amp, training=False)[0]
+    state.mixup = mixup_alpha(cfg.mixup, passes)
+    if cfg.bn_recalibrate > 0 and needs_recalibration(model, steps):
+        state.recal_loader = BatchLoader(data.cache, data.train_rows, per_rank, seed=cfg.seed + 1,
+                                         rank=world.rank, world_size=world.size, device=device)
+    if resumed is not None:
+        _restore(state, resumed, cfg, world)
+    return state, train_loader, val_loader
+
+
+def _restore(state: TrainState, ckpt: Checkpoint, cfg: TrainConfig, world: D.World) -> None:
+    tm = ckpt.train_meta
+    load_optimizer_state(state.opt, ckpt.train_tensors, tm["optimizer"])
+    if state.scaler is not None and tm.get("scaler"):
+        state.scaler.load_state_dict(tm["scaler"])
+    state.epoch, state.step = tm["epoch"], tm["step"]
+    state.partial = tm.get("partial")
+    if state.step and tm.get("world_size", 1) != world.size:
+        log(world, f"imgcls: note: the run stopped mid-epoch on {tm.get('world_size')} ranks; "
+             f"on {world.size} it restarts epoch {state.epoch + 1} from its beginning",
+             file=sys.stderr)
+        state.step, state.partial = 0, None
+    if state.step >= state.steps:  # the data shrank since: start the next epoch
+        state.step, state.partial = 0, None
+    state.history, state.best, state.bad_epochs = tm["history"], tm["best"], tm["bad_epochs"]
+    state.resumed = ckpt
+    old_epochs = ckpt.meta.get("config", {}).get("epochs", cfg.epochs)
+    fitted = tm.get("schedule_epochs")
+    if fitted and old_epochs == cfg.epochs and cfg.time_limit:
+        state.plan(min(cfg.epochs, max(fitted, state.epoch + 1)))
+    if old_epochs != cfg.epochs and cfg.schedule != "constant":
+        g = state.epoch * state.steps + state.step
+        now = cfg.lr * lr_factor(g, state.steps * old_epochs, state.warmup, cfg.schedule)
+        new = cfg.lr * lr_factor(g, state.total_steps, state.warmup, cfg.schedule)
+        change = (f"the next step runs at {new:.3g} instead of {now:.3g}"
+                  if abs(new - now) > 1e-3 * max(abs(now), 1e-12) else
+                  f"the next step's rate stays {now:.3g} (still warming up); the decay after "
+                  "it is stretched or shortened")
+        log(world, f"imgcls: note: --epochs {cfg.epochs} (was {old_epochs}) re-times the "
+             f"{cfg.schedule} learning-rate schedule over {cfg.epochs} epochs: {change}",
+             file=sys.stderr)
+
+
+def _rng_states(state: TrainState, device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random streams: dropout/mixup (torch's global) and augmentation."""
+    out = {"rng.cpu": torch.get_rng_state(), "rng.aug": state.aug_gen.get_state()}
+    if device.type == "cuda":
+        out["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def gather_rng_states(state: TrainState, world: D.World, device: torch.device) -> dict:
+    """Every rank's random streams, as "rng.cpu.R" etc. (called on every rank), so a run
+    stopped mid-epoch resumes each rank with its own streams, not rank 0's."""
+    mine = _rng_states(state, device)
+    if not world.active:
+        return mine
+    out = {}
+    for key, t in mine.items():
+        local = t.to(device)
+        parts = [torch.empty_like(local) for _ in range(world.size)]
+        torch.distributed.all_gather(parts, local)
+        out.update({f"{key}.{r}": p.cpu() for r, p in enumerate(parts)})
+    return out
+
+
+def make_checkpoint(state: TrainState, meta_base: dict, world: D.World, device: torch.device,
+                epoch_done: int, step_done: int, metrics: dict, full: bool = True,
+                partial: list[float] | None = None, rng: dict | None = None) -> Checkpoint:
+    """epoch_done = finished epochs, step_done = steps into the next one; rng: every rank's
+    streams (gather_rng_states) for a mid-epoch checkpoint."""
+    train_tensors, train_meta = {}, {}
+    if full:
+        t, om = optimizer_state(state.opt)
+        train_tensors = dict(t, **(rng or _rng_states(state, device)))
+        train_meta = {"optimizer": om, "epoch": epoch_done, "step": step_done,
+                      "history": state.history, "best": state.best,
+                      "bad_epochs": state.bad_epochs, "world_size": world.size,
+                      "partial": partial, "schedule_epochs": state.epochs,
+                      # the run's wall-clock so far: --time-limit is the run's total
+                      "elapsed_s": time.perf_counter() - state.started,
+                      "scaler": state.scaler.state_dict() if state.scaler is not None else None}
+    return Checkpoint(state.model.state_dict(), dict(meta_base, epoch=epoch_done,
+                                                     step=step_done, metrics=metrics),
+                      train_tensors, train_meta)
+
+
+def elapsed_before(ckpt: Checkpoint) -> float:
+    """Seconds the run had trained when ckpt was saved (older checkpoints: the last
+    epoch's clock)."""
+    tm = ckpt.train_meta
+    if tm.get("elapsed_s") is not None:
+        return float(tm["elapsed_s"])
+    history = tm.get("history") or []
+    return float(history[-1].get("elapsed_s", 0.0)) if history else 0.0
+
+
+def _available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62  # unknown: assume it fits
+
+
+def auto_micro_batch(model: nn.Module, size: int, batch: int, device: torch.device) -> int:
+    """Largest divisor of batch whose activations fit in 60% of free memory.
+
+    Activation bytes per image = the sum of every layer's output for one image (measured by
+    a no-grad forward), doubled for gradients and allocator slack. The tutorial's network at
+    180 px needs ~115 MB per image, so its batch of 128 (~30 GB) was killed by the kernel's
+    OOM killer on a 24 GB machine before this existed.
+    """
+    total = [0]
+
+    def hook(mod, inp, out):
+        if torch.is_tensor(out):
+            total[0] += out.numel() * out.element_size()
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            p = next(model.parameters())
+            model(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    per_image = 2 * total[0]
+    budget = 0.6 * _available_memory(device)
+    if batch * per_image <= budget:
+        return batch
+    micro = max(1, int(budget // per_image))
+    while batch % micro:
+        micro -= 1
+    return micro
+
+
+def _check_resume_matches(ckpt: Checkpoint, mcfg: ModelConfig, class_names: list[str],
+                          spec: PreprocessSpec, run: Path) -> None:
+    m = ckpt.meta
+    if m["class_names"] != class_names:
+        raise UserError(f"cannot resume {display(run)}: it was trained on classes "
+                        f"{m['class_names']}, this data has {class_names}")
+    if m["model"] != mcfg.to_dict():
+        raise UserError(f"cannot resume {display(run)}: it trained model {m['model']['name']} "
+                        f"{m['model'].get('options') or ''}, not {mcfg.name} {mcfg.options or ''}")
+    if PreprocessSpec.from_dict(m["preprocess"]) != spec:
+        raise UserError(f"cannot resume {display(run)}: its images were prepared differently "
+                        f"({m['preprocess']})")
+
+
+def local_world() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
