@@ -191,3 +191,25 @@ def test_sigterm_to_one_rank_stops_all_with_a_resumable_checkpoint(setup, tmp_pa
     assert out.count("Resume with: imgcls train --resume") == 1, out[-2000:] + err[-2000:]
     last = load_checkpoint(run / "last.safetensors")
     assert last.resumable and last.meta["epoch"] >= 1
+
+
+def test_a_mid_epoch_stop_keeps_each_ranks_own_random_streams(setup, tmp_path):
+    """Old main saved rank 0's generators only, so a resumed rank 1 replayed rank 0's
+    augmentation and dropout draws. Each rank's streams are saved, and they differ."""
+    data, cfg = setup
+    run = tmp_path / "run"
+    # ~50 steps an epoch: the agreed stop lands inside epoch 2, not at its end
+    proc = popen_ranks(data, "--out", run, "--config", cfg, "--epochs", "50",
+                       "--batch-size", "4", "--epoch-images", "400")
+    _signal_rank_1_after_epoch_1(proc, run, signal.SIGINT)
+    out, err = _ranks_exit_within(proc, 60)
+    assert "Stopped in epoch" in out, out[-2000:] + err[-2000:]
+    last = load_checkpoint(run / "last.safetensors")
+    assert last.meta["step"] > 0
+    t = last.train_tensors
+    for key in ("rng.cpu", "rng.aug"):
+        assert f"{key}.0" in t and f"{key}.1" in t
+        assert not torch.equal(t[f"{key}.0"], t[f"{key}.1"]), key
+    r = torchrun(2, "--resume", run, "--epochs", "2")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "Epoch 2/2" in r.stdout

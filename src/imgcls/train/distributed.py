@@ -98,3 +98,15 @@ def check_consistent(world: World, items: dict) -> None:
             k = diff[0]
             raise UserError(f"inconsistent launch: rank {rank} has {k}={other.get(k)!r} but rank 0 "
                             f"has {gathered[0].get(k)!r} (same data, cache and versions on every node?)")
+
+
+def weights_checksum(world: World, model: torch.nn.Module, device: torch.device) -> list[float]:
+    """Each rank's sum of all weights; DDP keeps them identical, so a difference is a bug."""
+    total = torch.zeros(1, dtype=torch.float64, device=device)
+    for p in model.parameters():
+        total += p.detach().double().sum()
+    if not world.active:
+        return [total.item()]
+    out = [torch.zeros_like(total) for _ in range(world.size)]
+    torch.distributed.all_gather(out, total)
+    return [t.item() for t in out]

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from imgcls.checkpoint import LAST, find_resumable
 from imgcls.config import TrainConfig
@@ -42,7 +41,7 @@ from imgcls.data.split import write_record
 from imgcls.errors import UserError
 from imgcls.fsutil import display
 from imgcls.models import ModelConfig
-from imgcls.runtime import cpu_threads, keep_freed_memory, resolve_device
+from imgcls.runtime import resolve_device
 from imgcls.train import distributed as D
 from imgcls.train.bnstats import collapse_warning, recalibrate
 from imgcls.train.epoch import EpochOutcome, run_validation, train_epoch
@@ -65,9 +64,9 @@ from imgcls.train.state import (
     build_state,
     elapsed_before,
     gather_rng_states,
-    local_world,
     make_checkpoint,
     seed_for,
+    setup_device,
 )
 from imgcls.version import __version__
 
@@ -162,29 +161,9 @@ def _looks_like_lost_peer(exc: BaseException) -> bool:
                                    "timed out", "timeout", "peer", "gloo", "nccl", "socket"))
 
 
-def _setup_device(cfg: TrainConfig, device: torch.device, world: D.World) -> torch.device:
-    if device.type == "cuda" and world.active:
-        device = torch.device("cuda", world.local_rank)
-    if device.type == "cpu":
-        keep_freed_memory()
-        if cfg.threads < 0:
-            raise UserError(f"--threads must be 0 (all cores) or more, not {cfg.threads}")
-        torch.set_num_threads(cfg.threads or max(1, cpu_threads() // max(1, local_world())))
-    else:
-        # cuDNN autotuning stays off: on an H200 it cost 22 s for the first full batch and 16 s
-        # for the epoch's last, partial one (4.8 and 4.5 s without), to run steps 2.6% faster,
-        # so it pays only after ~20 minutes of training (bench/cudnn_warmup.py).
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    if cfg.batch_size % world.size:
-        raise UserError(f"batch size {cfg.batch_size} is not divisible by the {world.size} "
-                        "ranks: per-rank batch = global batch / world size")
-    return device
-
-
 def _fit(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
          world: D.World, started: float, made_here: bool = False) -> FitResult:
-    device = _setup_device(cfg, device, world)
+    device = setup_device(cfg, device, world)
     lock = RunLock(run, made_here) if world.main else None
     problem = None
     if lock is not None:
@@ -389,7 +368,7 @@ def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_lo
             log(world, f"imgcls: warning: {warning}", file=sys.stderr)
             state.warned_collapse = True
     if world.active:
-        h["rank_weight_sums"] = _weights_checksum(world, state.model, device)
+        h["rank_weight_sums"] = D.weights_checksum(world, state.model, device)
         if len(set(h["rank_weight_sums"])) != 1:
             raise RuntimeError(f"DDP ranks diverged: weight sums {h['rank_weight_sums']}")
     return h
@@ -422,13 +401,3 @@ def _save_epoch(cfg: TrainConfig, state: TrainState, h: dict, improved: bool,
     log(world, epoch_line(h, state.epochs))
 
 
-def _weights_checksum(world: D.World, model: nn.Module, device: torch.device) -> list[float]:
-    """Each rank's sum of all weights; DDP keeps them identical, so a difference is a bug."""
-    total = torch.zeros(1, dtype=torch.float64, device=device)
-    for p in model.parameters():
-        total += p.detach().double().sum()
-    if not world.active:
-        return [total.item()]
-    out = [torch.zeros_like(total) for _ in range(world.size)]
-    torch.distributed.all_gather(out, total)
-    return [t.item() for t in out]
