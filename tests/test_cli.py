@@ -208,3 +208,18 @@ def test_the_api_refuses_or_takes_every_input_kind(trained):
         model.probabilities(np.zeros((0, 0, 3), np.uint8))
     with pytest.raises(imgcls.UserError, match="NoneType is not an image"):
         model.predict(None)
+
+
+def test_evaluate_finds_a_moved_data_folder(trained, tmp_path, capsys):
+    """Old main: a moved data folder made `evaluate RUN` impossible (no way to say where)."""
+    import shutil
+
+    data, run = trained
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(tmp_path / "nowhere"), "--no-figures"]) == 2
+    assert main(["evaluate", str(run), "--data", str(moved), "--json", "--no-figures"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == json.loads((run / "data.json").read_text())["val_images"]
+    assert report["data"] == str(moved.resolve())

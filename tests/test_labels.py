@@ -169,3 +169,21 @@ def test_classes_that_differ_only_in_case_are_named(tmp_path):
                          text=True, timeout=300)
     assert "classes 'Cat' and 'cat' differ only in case" in res.stderr
     assert "Cat (1) has fewer than the 5 photos" in res.stderr
+
+
+def test_file_name_labels_walk_with_the_same_link_policy_as_class_folders(tmp_path):
+    """One walker (data/files.py) for every label source: a link that would give a photo
+    of the folder a second name is not followed; a link to a photo outside is."""
+    root = tmp_path / "flat"
+    for i in range(4):
+        images.jpeg(root / f"cat.{i}.jpg", seed=i)
+        images.jpeg(root / f"dog.{i}.jpg", seed=50 + i)
+    outside = images.jpeg(tmp_path / "elsewhere" / "x.jpg", seed=99)
+    (root / "more").mkdir()
+    os.symlink(root / "cat.0.jpg", root / "more" / "dog.9.jpg")  # a cat, relabelled as a dog
+    os.symlink(outside, root / "more" / "cat.7.jpg")
+    index = scan(root, ScanOptions(labels=KAGGLE))
+    paths = {s.path for s in index.samples}
+    assert "more/dog.9.jpg" not in paths and "more/cat.7.jpg" in paths
+    why = {n.path: n.reason for n in index.ignored}["more/dog.9.jpg"]
+    assert "inside the data folder: not followed" in why

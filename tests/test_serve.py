@@ -198,3 +198,24 @@ def test_a_bad_port_is_one_line_before_any_serving(run):
     errs = images.error_lines(res.stderr)
     assert res.returncode == 2 and len(errs) == 1 and str(port) in errs[0]
     assert "serving" not in res.stdout
+
+
+def test_head_requests_and_a_cut_short_upload(client):
+    """Old main: HEAD / was 405, and a body without its closing boundary was answered
+    'no file in the upload (use the field name 'file')'."""
+    assert client.head("/").status_code == 200 and client.head("/health").status_code == 200
+    boundary = "XyZ"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"a.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode() + \
+        images.jpeg_bytes(seed=3)[:200]  # cut short: no closing boundary
+    r = client.post("/predict", content=body,
+                    headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 400 and "no closing boundary" in r.json()["error"], r.json()
+
+
+def test_serve_limits_are_checked_before_it_starts(run):
+    from imgcls.errors import UserError
+
+    for bad in ({"max_upload_bytes": -1}, {"max_files": 0}, {"max_pixels": -5}):
+        with pytest.raises(UserError, match="must be a whole number"):
+            ServeLimits(**bad)
