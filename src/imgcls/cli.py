@@ -213,10 +213,11 @@ def _add_data_commands(sub) -> None:
     p.add_argument("-o", "--output", default="samples.png", help="PNG file (default %(default)s)")
     p.add_argument("--augment", action="store_true",
                    help="show 9 augmentations of the first training image instead")
-    p.add_argument("--image-size", type=_number(int, 8, 2048), default=180, metavar="PX")
+    p.add_argument("--image-size", type=_number(int, 8, 2048), default=180, metavar="PX",
+                   help="square size, 8 to 2048 pixels (default %(default)s)")
     p.add_argument("--resize", choices=("stretch", "crop", "pad"), default="stretch")
     p.add_argument("--rotation", type=_number(float, 0, 1), default=0.1,
-                   help="rotation factor, a fraction of a full turn (default %(default)s)")
+                   help="rotation factor, a fraction of a full turn, 0 to 1 (default %(default)s)")
     p.add_argument("--no-flip", action="store_true")
     _add_split_options(p)
     _add_scan_options(p)
@@ -224,8 +225,10 @@ def _add_data_commands(sub) -> None:
     p = sub.add_parser("summary", help="print a network's layers, output shapes and parameters")
     p.add_argument("--model", default="xception")
     p.add_argument("--list", action="store_true", help="list the networks imgcls can train")
-    p.add_argument("--image-size", type=_number(int, 8, 2048), default=180, metavar="PX")
-    p.add_argument("--num-classes", type=_number(int, 2, 100_000), default=2, metavar="C")
+    p.add_argument("--image-size", type=_number(int, 8, 2048), default=180, metavar="PX",
+                   help="square size, 8 to 2048 pixels (default %(default)s)")
+    p.add_argument("--num-classes", type=_number(int, 2, 100_000), default=2, metavar="C",
+                   help="classes, >= 2 (default %(default)s)")
     p.add_argument("--single-logit", action="store_true",
                    help="one logit for two classes, as the Keras tutorial (2,731,065 parameters)")
     p.set_defaults(func=commands.cmd_summary)
@@ -289,7 +292,8 @@ def _add_model_commands(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX (checked against PyTorch)")
     p.add_argument("model", metavar="RUN_OR_CHECKPOINT")
     p.add_argument("-o", "--output", default="model.onnx", help="default %(default)s")
-    p.add_argument("--opset", type=_number(int, 7, 30), default=17)
+    p.add_argument("--opset", type=_number(int, 7, 30), default=17,
+                   help="ONNX opset, 7 to 30 (default %(default)s)")
     p.add_argument("--check-images", metavar="DIR",
                    help="images for the parity check (default: the run's data folder)")
     p.set_defaults(func=commands.cmd_export)

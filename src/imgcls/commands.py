@@ -9,6 +9,7 @@ exit status (0, 1 where some photo failed, 2 through UserError); no policy lives
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from imgcls.errors import UserError
@@ -144,7 +145,7 @@ def cmd_train(args) -> int:
                  **overrides)
     if result.interrupted:
         return 130
-    if result.history:
+    if result.history and os.environ.get("RANK", "0") == "0":  # once, not once a rank
         b = result.history[result.best_epoch - 1]
         print(f"Best: epoch {result.best_epoch}, val_accuracy {b['val_accuracy']:.4f}. "
               f"Run folder: {display(result.run_dir)}")

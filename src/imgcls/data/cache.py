@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessSpec, load_image
 from imgcls.data.index import DatasetIndex, FileNote
+from imgcls.data.preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessSpec, load_image
 from imgcls.data.scan import default_cache_dir
 from imgcls.errors import UserError
 from imgcls.fsutil import atomic_write_json, display, is_within

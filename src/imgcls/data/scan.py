@@ -22,6 +22,7 @@ from pathlib import Path
 
 from imgcls.data import labels as L
 from imgcls.data.files import (
+    inside,
     might_be_image,
     os_reason,
     skipped_name,
@@ -114,10 +115,6 @@ def _list_files(root: Path) -> tuple[list[str], list[_Candidate], list[FileNote]
             ignored + [FileNote(n.rel, n.reason) for n in got.ignored])
 
 
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def _drop_linked_classes(root: Path, class_names: list[str]) -> tuple[list[str], list[FileNote]]:
     """Class folders that are links to (or into) another class folder, or to the data
     folder, are not classes: the same photos would carry two labels."""
@@ -125,13 +122,13 @@ def _drop_linked_classes(root: Path, class_names: list[str]) -> tuple[list[str],
     real = {c: os.path.realpath(root / c) for c in class_names}
     keep, notes = [], []
     for c in class_names:
-        if _inside(real_root, real[c]):
+        if inside(real_root, real[c]):
             notes.append(FileNote(c, "folder link to the data folder or above it: not a class"))
             continue
         # A link that reaches another class's folder loses to the real folder; if both are
         # links to the same place, the first by name keeps it.
-        owner = next((o for o in class_names if o != c and _inside(real[c], real[o])
-                      and (not os.path.islink(root / o) or o < c or not _inside(real[o], real[c]))),
+        owner = next((o for o in class_names if o != c and inside(real[c], real[o])
+                      and (not os.path.islink(root / o) or o < c or not inside(real[o], real[c]))),
                      None)
         if owner is not None and os.path.islink(root / c):
             notes.append(FileNote(c, f"folder link into class folder {display(owner)}: not a "
