@@ -307,7 +307,7 @@ def test_inputs_that_are_not_images_are_refused_by_name(trained):
     with pytest.raises(imgcls.UserError, match="int is not an image"):
         model.predict([3])
     for size in (0, -1, 2.5, True):
-        with pytest.raises(imgcls.UserError, match="batch size"):
+        with pytest.raises(imgcls.UserError, match="batch-size must be a whole number >= 1"):
             model.predict([np.zeros((8, 8, 3), np.uint8)], batch_size=size)
 
 

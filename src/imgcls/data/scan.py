@@ -30,7 +30,7 @@ from imgcls.data.files import (
 )
 from imgcls.data.index import DatasetIndex, FileNote, Sample, compute_fingerprint
 from imgcls.data.preprocess import DEFAULT_MAX_PIXELS
-from imgcls.errors import UserError
+from imgcls.errors import UserError, require_whole
 from imgcls.fsutil import atomic_write_json, display, is_within
 from imgcls.runtime import thread_map
 
@@ -61,10 +61,7 @@ class ScanOptions:
 
     def __post_init__(self):
         for name, low in (("max_pixels", 0), ("min_side", 1), ("workers", 0), ("min_classes", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise UserError(f"{name.replace('_', '-')} must be a whole number >= {low}, "
-                                f"not {v!r}")
+            require_whole(name, getattr(self, name), low)
 
 
 def default_cache_dir() -> Path:

@@ -29,7 +29,7 @@ from imgcls.data.preprocess import (
     is_source,
     load_image,
 )
-from imgcls.errors import UserError
+from imgcls.errors import UserError, require_whole
 from imgcls.fsutil import display
 from imgcls.runtime import thread_map
 
@@ -108,9 +108,7 @@ class Predictor:
     """Class probabilities for any input kind, from a checkpoint, a run or an ONNX file."""
 
     def __init__(self, backend: Backend, source: Path, max_pixels: int = DEFAULT_MAX_PIXELS):
-        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0:
-            raise UserError(f"max-pixels must be a whole number >= 0 (0 = no limit), not "
-                            f"{max_pixels!r}")
+        require_whole("max_pixels", max_pixels, 0, "0 = no limit")
         self.backend = backend
         self.source = source
         self.meta = backend.meta
@@ -165,8 +163,7 @@ class Predictor:
                 names: Sequence[str] | None = None, progress: bool | None = False
                 ) -> list[Prediction]:
         """One Prediction per source, in order; unreadable ones carry `error` instead."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UserError(f"batch size must be a whole number >= 1, not {batch_size!r}")
+        require_whole("batch_size", batch_size, 1)
         for i, s in enumerate(sources):
             if not is_source(s):
                 raise UserError(f"input {i}: a {type(s).__name__} is not an image; give "

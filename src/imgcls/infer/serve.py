@@ -25,7 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgcls.data.preprocess import DEFAULT_MAX_PIXELS, ImageError
-from imgcls.errors import UserError
+from imgcls.errors import UserError, require_whole
 from imgcls.infer.predictor import Predictor
 from imgcls.version import __version__
 
@@ -44,10 +44,7 @@ class ServeLimits:
     def __post_init__(self):
         for name, low in (("max_upload_bytes", 1), ("max_files", 1), ("max_pixels", 0),
                           ("concurrency", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise UserError(f"{name.replace('_', '-')} must be a whole number >= {low}, "
-                                f"not {v!r}")
+            require_whole(name, getattr(self, name), low)
 
 
 class ApiError(Exception):
