@@ -79,8 +79,9 @@ def _check(argv, capsys):
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 @pytest.mark.parametrize("command", RUN_FOR_REAL)
-def test_random_options_end_in_one_line_or_success(command, world, data, capsys):
+def test_random_options_end_in_one_line_or_success(command, world, data, capsys, monkeypatch):
     base, folder, run = world
+    monkeypatch.chdir(base)  # a random --cache-dir or -o is relative: never the project's folder
     argv = _argv(command, data.draw, base, folder, run)
     if command == "predict" and "--help" not in argv:
         argv.append("--no-tta") if "--tta" not in argv else None
@@ -92,8 +93,9 @@ def test_random_options_end_in_one_line_or_success(command, world, data, capsys)
 @given(data=st.data())
 @pytest.mark.parametrize("command", ("serve", "download"))
 def test_options_of_commands_that_block_are_checked_before_they_start(command, world, data,
-                                                                     capsys):
+                                                                     capsys, monkeypatch):
     base, folder, run = world
+    monkeypatch.chdir(base)
     argv = _argv(command, data.draw, base, folder, run)
     capsys.readouterr()
     try:
@@ -122,8 +124,9 @@ KEYS = ["epochs", "lr", "batch_size", "image_size", "flip", "tta", "seed", "mixu
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=st.one_of(st.dictionaries(st.sampled_from(KEYS), json_values, max_size=4),
                      json_values))
-def test_random_config_files_end_in_one_line(doc, world, capsys, tmp_path_factory):
+def test_random_config_files_end_in_one_line(doc, world, capsys, monkeypatch):
     base, folder, run = world
+    monkeypatch.chdir(base)
     f = base / "fuzz.json"
     try:
         f.write_text(json.dumps(doc))
