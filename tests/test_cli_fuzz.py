@@ -20,6 +20,11 @@ from imgcls.cli import build_parser, main  # noqa: E402
 # and the limit checks only (test_serve and test_download run them for real).
 RUN_FOR_REAL = ("scan", "split", "summary", "train", "predict", "evaluate", "plot", "show")
 
+# Options that name a file or folder to write or read: fuzzed with paths inside the test's
+# folder only (a random string could be an absolute path the suite must not touch).
+PATHS = {"cache_dir", "out_dir", "output", "out", "quarantine", "val_dir", "data", "dest",
+         "check_images", "resume", "config"}
+
 values = st.one_of(
     st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str),
     st.sampled_from(["", "0", "1", "-1", "2", "auto", "true", "nan", "1e309", "x", "--", "-"]),
@@ -51,6 +56,8 @@ def _argv(command: str, draw, base, data, run) -> list[str]:
         flag = action.option_strings[-1]
         if action.nargs == 0:
             argv.append(flag)
+        elif action.dest in PATHS:  # somewhere inside the test's folder, never / or the project
+            argv += [flag, str(base / "fuzz-paths" / draw(st.sampled_from(["a", "b/c", ""])))]
         else:
             argv += [flag, draw(values)]
     if command in ("train", "evaluate", "show", "plot", "summary"):
