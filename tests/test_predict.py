@@ -337,3 +337,16 @@ def test_predict_folder_takes_what_scan_takes_and_never_waits_on_a_fifo(trained,
                           str(folder / "pipe.jpg")], capture_output=True, text=True, timeout=120)
     errs = images.error_lines(res.stderr)
     assert res.returncode == 1 and len(errs) == 1 and "not a regular file" in errs[0]
+
+
+def test_a_checkpoint_from_a_newer_preprocessing_is_refused_in_one_line(trained, tmp_path):
+    from imgcls.checkpoint import load_checkpoint, save_checkpoint
+    from imgcls.data.preprocess import PREPROCESS_VERSION
+    from imgcls.errors import UserError
+
+    _, run = trained
+    ckpt = load_checkpoint(run / "best.safetensors", train_state=False)
+    ckpt.meta["preprocess"]["version"] = PREPROCESS_VERSION + 1
+    save_checkpoint(tmp_path / "new.safetensors", ckpt)
+    with pytest.raises(UserError, match="newer than this imgcls knows"):
+        Predictor.from_checkpoint(tmp_path / "new.safetensors")

@@ -5,7 +5,7 @@ never prepare an image differently) and `load_image`, which turns any file Pillo
 into an (H, W, 3) uint8 RGB array of the spec's size. Depends on Pillow and NumPy.
 
 Every input kind (a path, bytes, a file object, a PIL image, a NumPy array or a torch
-tensor) becomes a PIL image by `as_image` and then takes the same steps, so one photo gets
+tensor) becomes a PIL image by `open_image` and then takes the same steps, so one photo gets
 one answer however it arrives. PREPROCESS_VERSION numbers the pixel recipe: it is stored in
 every cache and checkpoint, so a change of recipe rebuilds caches and an old checkpoint keeps
 predicting with the recipe it was trained with.

@@ -113,7 +113,10 @@ class Predictor:
         self.source = source
         self.meta = backend.meta
         self.class_names: list[str] = list(self.meta["class_names"])
-        self.spec = PreprocessSpec.from_dict(self.meta["preprocess"])
+        try:
+            self.spec = PreprocessSpec.from_dict(self.meta["preprocess"])
+        except (ValueError, TypeError) as exc:  # a newer recipe version, or a damaged one
+            raise UserError(f"{display(source)}: {exc}") from None
         self.max_pixels = max_pixels  # the decompression-bomb guard (--max-pixels; 0 = none)
 
     @property
