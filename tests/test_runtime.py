@@ -15,12 +15,35 @@ def test_precision_follows_the_capability():
     assert precision_for("cpu", "auto", native_bf16=False) == "fp32"
     assert precision_for("cuda", "auto", cuda_bf16=True) == "bf16"
     assert precision_for("cuda", "auto", cuda_bf16=False) == "fp16"
-    # Training on a CPU stays float32 (bf16 cost 3 points on catsdogs: BENCHMARKS.md).
-    assert precision_for("cpu", "auto", native_bf16=True, training=True) == "fp32"
+    # Training too: bf16 where the CPU computes it natively, float32 where it is emulated.
+    assert precision_for("cpu", "auto", native_bf16=True, training=True) == "bf16"
+    assert precision_for("cpu", "auto", native_bf16=False, training=True) == "fp32"
     assert precision_for("cuda", "auto", cuda_bf16=True, training=True) == "bf16"
     for dev in ("cpu", "cuda"):
         assert precision_for(dev, "off", native_bf16=True, cuda_bf16=True) == "fp32"
         assert precision_for(dev, "bf16", native_bf16=False, cuda_bf16=False) == "bf16"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_trains_in_bf16_only_where_the_cpu_computes_it(native, monkeypatch, tmp_path,
+                                                                  caplog):
+    """The capability faked both ways (a bf16 run on a CPU without it is emulated: slow but
+    correct, and tiny here); the run records the precision it trained in and says it."""
+    import logging
+
+    import imgcls
+    from imgcls import runtime
+    from imgcls.checkpoint import load_checkpoint
+
+    monkeypatch.setattr(runtime, "cpu_native_bf16", lambda: native)
+    data = images.two_class_tree(tmp_path / "d", 8, 32)
+    caplog.set_level(logging.INFO, logger="imgcls")
+    run = imgcls.fit(data, tmp_path / "run", preset="tutorial", model="xception-tiny",
+                     image_size=32, batch_size=8, epochs=1, threads=1, device="cpu")
+    meta = load_checkpoint(run.run_dir / "last.safetensors").meta
+    assert meta["precision"] == ("bf16" if native else "fp32")
+    said = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Precision:"))
+    assert said.startswith("Precision: bf16 mixed precision" if native else "Precision: float32")
 
 
 def test_the_probe_agrees_with_the_os():

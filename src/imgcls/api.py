@@ -66,6 +66,19 @@ class Run:
         return _shown(curves_figure(self.run_dir / "metrics.jsonl"))
 
 
+def _source_settings(init: str | None) -> dict:
+    """What the model to start from decides unless told otherwise: its network (and that
+    network's options) and its image size."""
+    if not init:
+        return {}
+    from imgcls.train.source import read_source
+
+    src = read_source(init)
+    values = {"model": src.model, "model_options": src.model_options,
+              "image_size": src.image_size}
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
           preset: str = "auto", resume: str | os.PathLike | None = None, config: str | None = None,
           **settings: Any) -> Run:
@@ -110,15 +123,18 @@ def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = N
     else:
         if data is None:
             raise UserError("give a DATA_DIR to train on (or --resume RUN_DIR)")
-        cfg = resolve(dict(settings, data_dir=str(data)), preset, config)
+        cfg = resolve(dict(settings, data_dir=str(data)), preset, config,
+                      source=_source_settings(settings.get("init")))
         if preset == "auto" and os.environ.get("RANK", "0") == "0":
             from imgcls.config import auto_preset
 
             fitted = (f", each epoch showing at least {cfg.epoch_images} images"
                       if cfg.preset == "tutorial" and cfg.epoch_images else "")
+            why = (f"starting from a model; {cfg.model} at {cfg.image_size} px as the source"
+                   if cfg.preset == "finetune" else auto_preset(cfg.device)[1])
             logging.getLogger(__name__).info(
-                f"Recipe: the {cfg.preset} preset{fitted} ({auto_preset(cfg.device)[1]}; "
-                "--preset tutorial or cpu to choose)")
+                f"Recipe: the {cfg.preset} preset{fitted} ({why}; --preset tutorial, cpu or "
+                "finetune to choose)")
         made = out is None
         if made:
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:

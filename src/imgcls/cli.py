@@ -89,6 +89,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="an epoch shows at least about N images: a smaller training set is "
                         "passed over several whole times an epoch (default 0 = once; the cpu "
                         "preset 2048)")
+    m.add_argument("--epochs-shrink", dest="epochs_shrink", type=_number(float, 0, 1),
+                   metavar="X", help="a plan sized to the data: a training set of N > "
+                   "epoch-images photos trains epochs * (epoch-images / N) ** X epochs "
+                   "(default 0 = always --epochs; the cpu preset 0.2; --epochs turns it off)")
     m.add_argument("--batch-size", dest="batch_size", type=int, metavar="N",
                    help="global batch size, >= 2: BatchNorm needs two images a pass "
                         "(default 128; per rank = global / world size)")
@@ -109,6 +113,16 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                         "(default constant)")
     m.add_argument("--warmup-epochs", dest="warmup_epochs", type=float,
                    help="linear warm-up, >= 0 epochs (fractions allowed; default 0)")
+    m.add_argument("--init", metavar="SOURCE",
+                   help="start from a model: an imgcls run folder or checkpoint, or a "
+                        "torchvision/timm ResNet weights file (.pth, .pt, .safetensors); its "
+                        "network and image size, a new head for new classes (--preset auto "
+                        "then picks finetune)")
+    m.add_argument("--freeze-epochs", dest="freeze_epochs", type=_number(float, 0),
+                   metavar="N", help="epochs in which only the head learns (finetune: 2)")
+    m.add_argument("--layer-lr-decay", dest="layer_lr_decay", type=_number(float, 0, 1),
+                   metavar="X", help="each layer group learns at X times the next one's rate, "
+                                     "the head at the full rate (default 1; finetune: 0.4)")
     m.add_argument("--label-smoothing", dest="label_smoothing", type=float,
                    help="in [0, 1) (default 0)")
     m.add_argument("--mixup", type=_mixup_alpha, metavar="ALPHA",
@@ -141,7 +155,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     h = p.add_argument_group("hardware")
     h.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     h.add_argument("--amp", choices=CHOICES["amp"],
-                   help="mixed precision (default auto: bf16 on CUDA, float32 on a CPU)")
+                   help="mixed precision (default auto: bf16 on CUDA and on CPUs with native "
+                        "bf16, fp16 on older GPUs, float32 elsewhere)")
     h.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     h.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction,
                    default=None)
@@ -150,7 +165,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="synchronise BatchNorm across DDP ranks")
     p.add_argument("--preset", choices=["auto", *sorted(PRESETS)],
                    help="a named recipe: tutorial (the Keras tutorial's), cpu (a CPU-sized "
-                        "network), or auto (default: cpu without a GPU, tutorial with one)")
+                        "network), finetune (from --init's model), or auto (default: finetune "
+                        "with --init, else cpu without a GPU, tutorial with one)")
     p.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file")
 
 

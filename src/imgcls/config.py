@@ -36,6 +36,9 @@ class TrainConfig:
     epochs: int = 25
     epoch_images: int = 0  # images an epoch shows at least: a smaller training set is passed
     #                        over round(epoch_images / photos) whole times an epoch; 0 = once
+    epochs_shrink: float = 0.0  # a plan sized to the data: an epoch of N > epoch_images photos
+    #                             trains round(epochs * (epoch_images / N) ** epochs_shrink)
+    #                             epochs (train.plan.planned_epochs); 0 = always `epochs`
     batch_size: int = 128  # global: split evenly across DDP ranks
     micro_batch: int = 0  # images per forward/backward pass (gradients accumulate to
     #                       batch_size); 0 = auto: the largest that fits in free memory
@@ -48,6 +51,11 @@ class TrainConfig:
     schedule: str = "constant"  # "constant", "cosine" (to 0) or "cosine-floor" (to 1/1000 of
     #                             the peak; called "onecycle" before 0.2, still accepted)
     warmup_epochs: float = 0.0  # linear warm-up, epochs (fractions allowed)
+    init: str = ""  # a model to start from (train.source): an imgcls run or checkpoint, or a
+    #                 torchvision/timm weights file; "" = random weights
+    freeze_epochs: float = 0.0  # epochs (fractions allowed) in which only the head learns
+    layer_lr_decay: float = 1.0  # each layer group's rate is this times the next one's,
+    #                              from the head (full rate) back to the stem; 1 = one rate
     label_smoothing: float = 0.0
     mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha) blend of image pairs; 0 = off;
     #                     -1 = auto: train.epoch.AUTO_MIXUP where a small training set is passed
@@ -71,7 +79,7 @@ class TrainConfig:
     time_limit: float = 0.0  # minutes of wall-clock time; stop after the last epoch that fits; 0 = none
     # hardware
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
-    amp: str = "auto"  # "auto" (bf16 on CUDA, float32 on a CPU: runtime.precision_for), "bf16",
+    amp: str = "auto"  # "auto" (bf16 where computed natively: runtime.precision_for), "bf16",
     #                    "fp16", "off" (float32) or "fp64" (float64 throughout: slow; for
     #                    checking that two summation orders give the same step)
     compile: bool = False  # torch.compile the model
@@ -105,10 +113,21 @@ PRESETS: dict[str, dict] = {
     # ResNet at 128 px sees ~80 images/s where the tutorial's network at 180 px sees ~5.
     "cpu": {
         "model": "resnet-cpu", "image_size": 128, "batch_size": 64, "epochs": 36,
-        "epoch_images": 2048, "mixup": -1,
+        "epoch_images": 2048, "epochs_shrink": 0.2, "mixup": -1,
         "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "schedule": "cosine-floor",
         "warmup_epochs": 2, "label_smoothing": 0.1, "flip": True, "rotation": 0.05,
         "zoom": 0.15, "translate": 0.1, "brightness": 0.1, "contrast": 0.1, "tta": True,
+    },
+    # Starting from a model (--init; what --preset auto picks then): the head alone for two
+    # epochs, then everything, each earlier layer group at 0.4x the next one's rate (the stem
+    # at 1/100 of the head's, as fastai's fine_tune); the network and image size are the
+    # source's. Measured on small folders in bench/finetune.py (BENCHMARKS.md).
+    "finetune": {
+        "batch_size": 32, "epochs": 15, "epoch_images": 1024, "mixup": 0.0,
+        "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine-floor",
+        "warmup_epochs": 1, "freeze_epochs": 2, "layer_lr_decay": 0.4, "label_smoothing": 0.1,
+        "flip": True, "rotation": 0.05, "zoom": 0.1, "translate": 0.1, "brightness": 0.1,
+        "contrast": 0.1, "tta": True,
     },
 }
 
@@ -190,6 +209,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.keep >= 0 and cfg.patience >= 0, "keep and patience must be >= 0"),
         (cfg.max_per_class >= 0, "max-per-class must be >= 0 (0 = every photo)"),
         (cfg.epoch_images >= 0, "epoch-images must be >= 0 (0 = one pass over the photos)"),
+        (0 <= cfg.epochs_shrink <= 1, "epochs-shrink must be between 0 and 1 (0 = off)"),
+        (0 <= cfg.freeze_epochs < cfg.epochs,
+         f"freeze-epochs must be >= 0 and fewer than the {cfg.epochs} epochs"),
+        (0 < cfg.layer_lr_decay <= 1, "layer-lr-decay must be in (0, 1] (1 = one rate)"),
         (cfg.time_limit >= 0, "time limit must be >= 0 minutes"),
     ]
     import math
@@ -250,14 +273,21 @@ def auto_preset(device: str) -> tuple[str, str]:
 
 
 def resolve(overrides: dict, preset: str | None = None, config_file: str | None = None,
-            base: TrainConfig | None = None) -> TrainConfig:
-    """defaults (or base) < preset < file < overrides (None values are ignored).
+            base: TrainConfig | None = None, source: dict | None = None) -> TrainConfig:
+    """defaults (or base) < preset < source < file < overrides (None values are ignored).
 
-    preset "auto" picks "cpu" or "tutorial" by the device the run will use; on a GPU it also
-    passes a small training set over several times an epoch (AUTO_GPU_EPOCH_IMAGES)."""
+    preset "auto" picks "finetune" when the run starts from a model (`init`), else "cpu" or
+    "tutorial" by the device the run will use; on a GPU it also passes a small training set
+    over several times an epoch (AUTO_GPU_EPOCH_IMAGES). `source`: what the model to start
+    from says of the run (its network and image size: train.source)."""
     values = (base or TrainConfig()).to_dict()
     auto = preset == "auto"
-    if auto:
+    if auto and overrides.get("init"):
+        preset = "finetune"
+    elif preset == "finetune" and not overrides.get("init"):
+        raise UserError("--preset finetune starts from a model: give --init SOURCE (an imgcls "
+                        "run, or a torchvision/timm weights file)")
+    if auto and preset == "auto":
         device = overrides.get("device") or values.get("device") or "auto"
         if config_file:
             device = overrides.get("device") or load_file(config_file).get("device") or device
@@ -269,11 +299,15 @@ def resolve(overrides: dict, preset: str | None = None, config_file: str | None 
         if auto and preset == "tutorial":
             values["epoch_images"] = AUTO_GPU_EPOCH_IMAGES
         values["preset"] = preset
-    if config_file:
-        values.update(load_file(config_file))
+    values.update(source or {})
+    given = load_file(config_file) if config_file else {}
+    values.update(given)
     overrides = {k: os.fspath(v) if isinstance(v, os.PathLike) else v
                  for k, v in overrides.items()}
-    values.update({k: v for k, v in check_keys(overrides, "flags").items() if v is not None})
+    given.update({k: v for k, v in check_keys(overrides, "flags").items() if v is not None})
+    values.update(given)
+    if "epochs" in given and "epochs_shrink" not in given:
+        values["epochs_shrink"] = 0.0  # epochs the user chose are the epochs trained
     if values.get("mixup") == "auto":  # as a config file may say it
         values["mixup"] = -1.0
     check_types(values, "settings")

@@ -76,6 +76,40 @@ def _resnet_cpu(num_classes: int, **kw):
     return SmallResNet(num_classes, **kw)
 
 
+def _tv_resnet(depth: int):
+    def build(num_classes: int, **kw):
+        from imgcls.models.tv_resnet import ResNet
+
+        return ResNet(num_classes, depth, **kw)
+    return build
+
+
+for _depth, _doc in ((18, "11.7 M parameters, 1.8 GFLOP at 224x224"),
+                     (34, "21.8 M parameters, 3.7 GFLOP at 224x224"),
+                     (50, "25.6 M parameters, 4.1 GFLOP at 224x224"),
+                     (101, "44.5 M parameters, 7.8 GFLOP at 224x224")):
+    register(f"resnet{_depth}", f"torchvision's ResNet-{_depth} layout ({_doc}): its and timm's "
+             "weights files load as they are (`train --init FILE`)")(_tv_resnet(_depth))
+
+
+def head_names(model: nn.Module) -> tuple[str, ...]:
+    """The module names of a network's class-dependent head (replaced for new classes)."""
+    return tuple(getattr(model, "head", ("fc",)))
+
+
+def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+    """A network's parameters in groups from the input to the head (discriminative learning
+    rates): its own `groups()` where it has one, else its top-level children in order."""
+    mods = model.groups() if hasattr(model, "groups") else list(model.children())
+    groups = [[p for p in m.parameters()] for m in mods]
+    groups = [g for g in groups if g]
+    seen = {id(p) for g in groups for p in g}
+    rest = [p for p in model.parameters() if id(p) not in seen]
+    if rest:  # anything a groups() left out trains with the first group's rate
+        groups[0] = rest + groups[0]
+    return groups
+
+
 def two_logits(logits: torch.Tensor) -> torch.Tensor:
     """THE single-logit rule: a head z becomes the logits (0, z), so softmax gives
     (1 - sigmoid z, sigmoid z) and cross-entropy on them is exactly the binary cross-entropy

@@ -46,6 +46,10 @@ class SmallResNet(nn.Module):
         self.fc = nn.Linear(chans[-1], num_classes)
         self.min_size = 2 ** (1 + len(widths))
 
+    def groups(self) -> list[nn.Module]:
+        """Stages from the input to the head, for discriminative learning rates."""
+        return [self.stem, *self.stages, self.fc]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.rescale(x)
         x = x - 0.5  # centre the inputs; BatchNorm follows, so no per-channel statistics needed

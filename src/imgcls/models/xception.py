@@ -134,6 +134,10 @@ class Xception(nn.Module):
         self.fc = nn.Linear(exit_width, self.num_logits)
         self.min_size = 2 ** (1 + len(blocks))  # every stride-2 stage keeps >= 1 pixel
 
+    def groups(self) -> list[nn.Module]:
+        """Stages from the input to the head, for discriminative learning rates."""
+        return [self.stem, *self.blocks, self.exit, self.fc]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.rescale(x)  # (B, 3, H, W) in 0..1
         x = self.stem(x)  # (B, entry, H/2, W/2)

@@ -41,10 +41,10 @@ from imgcls.data.split import write_record
 from imgcls.errors import UserError
 from imgcls.fsutil import display
 from imgcls.models import ModelConfig
-from imgcls.runtime import resolve_device
+from imgcls.runtime import precision_for, resolve_device
 from imgcls.train import distributed as D
 from imgcls.train.bnstats import collapse_warning, recalibrate
-from imgcls.train.epoch import EpochOutcome, run_validation, train_epoch
+from imgcls.train.epoch import EpochOutcome, planned_epochs, run_validation, train_epoch
 from imgcls.train.prepare import data_summary, prepare_data, scan_lines
 from imgcls.train.report import (
     cpu_hint,
@@ -105,6 +105,17 @@ def _refit_schedule(cfg: TrainConfig, state: TrainState, fit: int, world: D.Worl
              f"the {cfg.schedule} learning-rate schedule now ends with epoch {fit} (was "
              f"{state.epochs})")
     state.plan(fit)
+
+
+def _plan(cfg: TrainConfig, n_train: int, world: D.World) -> TrainConfig:
+    """A fresh run's epochs, sized to its training set (--epochs-shrink), said in one line."""
+    epochs = planned_epochs(cfg.epochs, cfg.epoch_images, n_train, cfg.epochs_shrink)
+    if epochs == cfg.epochs:
+        return cfg
+    log(world, f"Plan: {epochs} epochs, not the recipe's {cfg.epochs}: each epoch passes over "
+         f"all {n_train} training photos, and a larger set needs fewer passes (--epochs-shrink "
+         f"{cfg.epochs_shrink:g}; --epochs N to choose)")
+    return cfg.replace(epochs=epochs)
 
 
 def epochs_that_fit(cfg: TrainConfig, state: TrainState, h: dict) -> int:
@@ -210,6 +221,8 @@ def _fit_locked(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
     D.check_consistent(world, {"fingerprint": index.fingerprint, "torch": torch.__version__,
                                "imgcls": __version__, "batch": cfg.batch_size,
                                "cache": str(data.cache.folder)})
+    if resumed is None:
+        cfg = _plan(cfg, len(data.train_rows), world)
     state, train_loader, val_loader = build_state(cfg, data, device, world, resumed, run)
     state.started = started - (elapsed_before(resumed) if resumed is not None else 0.0)
     log(world, f"Precision: {precision_line(device, cfg.amp)}")
@@ -228,7 +241,10 @@ def _fit_locked(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
             write_record(run, data.split)
     meta_base = {"class_names": index.class_names, "preprocess": data.spec.to_dict(),
                  "model": ModelConfig(cfg.model, n_classes, dict(cfg.model_options)).to_dict(),
-                 "config": cfg.to_dict(), "data_fingerprint": index.fingerprint}
+                 "config": cfg.to_dict(), "data_fingerprint": index.fingerprint,
+                 "precision": precision_for(device.type, cfg.amp, training=True)}
+    if state.init:
+        meta_base["init"] = state.init
     if cfg.time_limit and resumed is not None and \
             time.perf_counter() - state.started >= cfg.time_limit * 60:
         log(world, f"Time limit: this run has already trained for "

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from imgcls.config import TrainConfig
+from imgcls.models.registry import layer_groups
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
@@ -51,12 +52,40 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+def layered_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Discriminative learning rates (fastai's): the network's layer groups from the input to
+    the head, each at `layer_lr_decay` times the rate of the one after it, the head at the
+    full rate; weight decay as param_groups_weight_decay. "head" marks the groups that learn
+    while the rest is frozen (--freeze-epochs)."""
+    layers = layer_groups(model)
+    out = []
+    for i, params in enumerate(layers):
+        extra = {"lr_scale": cfg.layer_lr_decay ** (len(layers) - 1 - i),
+                 "head": i == len(layers) - 1}
+        out += [dict(params=[p for p in params if p.ndim > 1], weight_decay=cfg.weight_decay,
+                     **extra),
+                dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0, **extra)]
+    return [g for g in out if g["params"]]
+
+
+def group_rate(group: dict, frozen: bool) -> float:
+    """A parameter group's multiple of the schedule's rate: 0 for the backbone while it is
+    frozen (it keeps its source's weights while the new head learns), else its layer's."""
+    if frozen and not group.get("head", True):
+        return 0.0
+    return group.get("lr_scale", 1.0)
+
+
 def make_optimizer(cfg: TrainConfig, model: nn.Module, decay_all: bool = False
                    ) -> torch.optim.Optimizer:
     """decay_all: one group, decay on every parameter (runs started before the split into
     two groups resume with the rule they started with)."""
-    params = (model.parameters() if decay_all
-              else param_groups_weight_decay(model, cfg.weight_decay))
+    if decay_all:
+        params = model.parameters()
+    elif cfg.layer_lr_decay != 1 or cfg.freeze_epochs:
+        params = layered_param_groups(model, cfg)
+    else:
+        params = param_groups_weight_decay(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=True)

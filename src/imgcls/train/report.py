@@ -43,12 +43,8 @@ def precision_line(device: torch.device, amp: str) -> str:
     if p == "fp64":
         return "float64 throughout (--amp fp64: for checking, several times slower)"
     if p == "fp32":
-        why = ("--amp off" if amp == "off" else "--amp auto trains in float32 on a CPU; "
-               "--amp bf16 to train in bf16")
-        line = f"float32 ({why})"
-        if precision_for(device.type, amp, training=False) == "bf16":
-            line += "; validation in bf16, which this CPU computes natively"
-        return line
+        why = ("--amp off" if amp == "off" else "--amp auto: this CPU has no native bf16")
+        return f"float32 ({why})"
     why = {"auto": "this CPU computes bf16 natively" if device.type == "cpu" else "the GPU's",
            "bf16": "--amp bf16", "fp16": "--amp fp16"}[amp]
     return f"{p} mixed precision, weights in float32 ({why}; --amp off for float32)"

@@ -112,6 +112,7 @@ class TrainState:
     mixup: float = 0.0  # the alpha in use (cfg.mixup resolved for the data size)
     dtype: torch.dtype = torch.float32  # of the weights and the inputs (float64: --amp fp64)
     started: float = 0.0  # perf_counter() at which the run, earlier sessions included, began
+    init: dict | None = None  # the model the run started from (train.source.Source.record)
 
     def plan(self, epochs: int) -> None:
         self.epochs, self.total_steps = epochs, self.steps * epochs
@@ -134,6 +135,14 @@ def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: 
     if resumed is not None:
         _check_resume_matches(resumed, mcfg, data.index.class_names, data.spec, run)
         model.load_state_dict(resumed.weights)
+        init = resumed.meta.get("init")
+    elif cfg.init:
+        from imgcls.train.source import load_into, read_source
+
+        init, line = load_into(model, read_source(cfg.init), list(data.index.class_names))
+        log(world, line)
+    else:
+        init = None
     dtype = torch.float64 if cfg.amp == "fp64" else torch.float32
     model.to(device, dtype)
     if cfg.channels_last:
@@ -182,6 +191,7 @@ def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: 
                        torch.Generator(device=device), None if w is None else w.to(device, dtype),
                        micro, steps, steps * cfg.epochs, int(round(cfg.warmup_epochs * steps)))
     state.class_names = list(data.index.class_names)
+    state.init = init
     state.dtype = dtype
     state.epochs = cfg.epochs
     state.eval_autocast = autocast_for(device, cfg.amp, training=False)[0]
