@@ -19,7 +19,8 @@ from imgcls.errors import UserError
 from imgcls.models import ModelConfig, create_model
 from imgcls.train.source import load_into, read_source
 
-TINY = ["--image-size", "32", "--batch-size", "8", "--threads", "2", "--seed", "3"]
+TINY = ["--image-size", "32", "--batch-size", "8", "--threads", "2", "--seed", "3",
+        "--epoch-images", "64"]
 
 
 def cli(*args):

@@ -617,3 +617,21 @@ def test_after_the_first_epoch_train_says_how_long_the_run_takes(data, tmp_path)
     lines = [line for line in res.stderr.splitlines() if "at this pace" in line]
     assert len(lines) == 1 and "the run's 3 epochs take about" in lines[0]
     assert res.stdout.index("Epoch 1/3") < res.stdout.index("Epoch 2/3")
+
+
+def test_the_plan_is_sized_to_the_data(data, tmp_path):
+    from imgcls.config import resolve
+    from imgcls.train.epoch import planned_epochs
+
+    # The cpu preset's 36 epochs of 2,048 images: 20,004 photos train 20 longer epochs.
+    assert planned_epochs(36, 2048, 20_004, 0.25) == 20
+    assert planned_epochs(36, 2048, 2_000, 0.25) == 36 == planned_epochs(36, 2048, 20_004, 0)
+    assert resolve({}, "cpu").epochs_shrink == 0.25
+    assert resolve({"epochs": 10}, "cpu").epochs_shrink == 0  # epochs asked for are trained
+    # Through train: 38 training photos, epochs "for" 8 images, shrink 0.5 -> 4 * (8/38)**0.5.
+    res = cli("train", data, "--out", tmp_path / "run", "--epochs", "4", "--epoch-images", "8",
+              "--epochs-shrink", "0.5", *TINY)
+    assert res.returncode == 0, res.stderr
+    assert "Plan: 2 epochs, not the recipe's 4" in res.stdout
+    assert "Epoch 2/2" in res.stdout and "Epoch 3/" not in res.stdout
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 2

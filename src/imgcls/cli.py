@@ -92,7 +92,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--epochs-shrink", dest="epochs_shrink", type=_number(float, 0, 1),
                    metavar="X", help="a plan sized to the data: a training set of N > "
                    "epoch-images photos trains epochs * (epoch-images / N) ** X epochs "
-                   "(default 0 = always --epochs; the cpu preset 0.2; --epochs turns it off)")
+                   "(default 0 = always --epochs; the cpu preset 0.25; --epochs turns it off)")
     m.add_argument("--batch-size", dest="batch_size", type=int, metavar="N",
                    help="global batch size, >= 2: BatchNorm needs two images a pass "
                         "(default 128; per rank = global / world size)")

@@ -113,7 +113,7 @@ PRESETS: dict[str, dict] = {
     # ResNet at 128 px sees ~80 images/s where the tutorial's network at 180 px sees ~5.
     "cpu": {
         "model": "resnet-cpu", "image_size": 128, "batch_size": 64, "epochs": 36,
-        "epoch_images": 2048, "epochs_shrink": 0.2, "mixup": -1,
+        "epoch_images": 2048, "epochs_shrink": 0.25, "mixup": -1,
         "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "schedule": "cosine-floor",
         "warmup_epochs": 2, "label_smoothing": 0.1, "flip": True, "rotation": 0.05,
         "zoom": 0.15, "translate": 0.1, "brightness": 0.1, "contrast": 0.1, "tta": True,

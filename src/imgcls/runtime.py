@@ -112,7 +112,7 @@ def precision_for(device_type: str, amp: str, native_bf16: bool | None = None,
     auto: bf16 on a GPU that has it (else fp16); bf16 on a CPU that computes it natively
     (AVX-512 BF16 or AMX), for training as for inference; float32 on other CPUs, where bf16
     is emulated and slower. bf16 training keeps float32's accuracy: the CPU preset on
-    catsdogs, three seeds each on an AMX Xeon, 0.872 in bf16 against 0.868 in float32 (seed
+    catsdogs, three seeds each on an AMX Xeon, 0.867 in bf16 against 0.868 in float32 (seed
     spread 1.5 points), at 1.8x the images per second (BENCHMARKS.md; an earlier one-seed
     comparison that put bf16 3 points lower was seed noise).
     `native_bf16` / `cuda_bf16` override the probes (tests fake a capability).

@@ -42,9 +42,10 @@ def planned_epochs(epochs: int, epoch_images: int, n_train: int, shrink: float) 
     """The epochs of a plan sized to the data: a recipe's `epochs` are for an epoch of
     `epoch_images` images; a larger training set shows more images an epoch, so it needs
     fewer passes, but more images in all: epochs * (epoch_images / n) ** shrink (the cpu
-    preset: 0.2, so 20,000 photos train 23 of its 36 epochs, 2.2x the images of 2,048 photos
-    in 11x the epoch; chosen so the full-size Cats vs Dogs job fits 30 minutes of a 2-core
-    bf16 CPU, BENCHMARKS.md). Never more than `epochs`, never fewer than one."""
+    preset: 0.25, so 20,000 photos train 20 of its 36 epochs: 5.4x the images of 2,048
+    photos, in 9.8x the epoch; chosen so the full-size Cats vs Dogs job fits 30 minutes of a
+    2-core bf16 CPU with room to spare, BENCHMARKS.md). Never more than `epochs`, never fewer
+    than one."""
     if shrink <= 0 or epoch_images <= 0 or n_train <= epoch_images:
         return epochs
     return max(1, min(epochs, round(epochs * (epoch_images / n_train) ** shrink)))
