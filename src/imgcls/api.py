@@ -123,8 +123,11 @@ def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = N
     else:
         if data is None:
             raise UserError("give a DATA_DIR to train on (or --resume RUN_DIR)")
-        cfg = resolve(dict(settings, data_dir=str(data)), preset, config,
-                      source=_source_settings(settings.get("init")))
+        from imgcls.config import load_file
+
+        init = settings.get("init") or (load_file(config).get("init") if config else None)
+        cfg = resolve(dict(settings, data_dir=str(data), init=init), preset, config,
+                      source=_source_settings(init))
         if preset == "auto" and os.environ.get("RANK", "0") == "0":
             from imgcls.config import auto_preset
 

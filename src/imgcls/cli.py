@@ -251,9 +251,11 @@ def _add_data_commands(sub) -> None:
 
 
 def _add_train_command(sub) -> None:
-    p = sub.add_parser("train", help="train a classifier from scratch on a class-per-folder tree",
-                       description="Scan, split, cache and train. Defaults are the Keras "
-                                   "tutorial's recipe; flags override a --config file and a --preset.")
+    p = sub.add_parser("train", help="train a classifier on a class-per-folder tree, from "
+                                     "scratch or from a model (--init)",
+                       description="Scan, split, cache and train. --preset auto picks the "
+                                   "recipe (finetune with --init, else cpu or tutorial by the "
+                                   "device); flags override a --config file and a --preset.")
     p.add_argument("data_dir", metavar="DATA_DIR", nargs="?")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/DATA-DATE-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR",
