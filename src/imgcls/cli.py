@@ -122,7 +122,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    metavar="N", help="epochs in which only the head learns (finetune: 2)")
     m.add_argument("--layer-lr-decay", dest="layer_lr_decay", type=_number(float, 0, 1),
                    metavar="X", help="each layer group learns at X times the next one's rate, "
-                                     "the head at the full rate (default 1; finetune: 0.4)")
+                                     "the head at the full rate (default 1; finetune: 0.7)")
     m.add_argument("--label-smoothing", dest="label_smoothing", type=float,
                    help="in [0, 1) (default 0)")
     m.add_argument("--mixup", type=_mixup_alpha, metavar="ALPHA",
