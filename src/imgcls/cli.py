@@ -82,23 +82,20 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="train on a seeded sample of at most N photos per class (a quick "
                         "look at a big folder; default 0 = all)")
     m = p.add_argument_group("model and optimisation")
-    m.add_argument("--model", help="network name (`imgcls summary --list` lists them; default: "
-                                   "the preset's)")
+    m.add_argument("--model", help="network name (`imgcls summary --list`; default: the preset's)")
     m.add_argument("--epochs", type=int, help="epochs, >= 1 (default 25)")
     m.add_argument("--epoch-images", dest="epoch_images", type=int, metavar="N",
-                   help="an epoch shows at least about N images: a smaller training set is "
-                        "passed over several whole times an epoch (default 0 = once; the cpu "
-                        "preset 2048)")
+                   help="an epoch shows at least about N images: a smaller set is passed over "
+                        "several times (default 0 = once; cpu preset 2048)")
     m.add_argument("--epochs-shrink", dest="epochs_shrink", type=_number(float, 0, 1),
-                   metavar="X", help="a plan sized to the data: a training set of N > "
-                   "epoch-images photos trains epochs * (epoch-images / N) ** X epochs "
-                   "(default 0 = always --epochs; the cpu preset 0.25; --epochs turns it off)")
+                   metavar="X", help="N > epoch-images photos train epochs * (epoch-images / "
+                   "N) ** X epochs (default 0 = off; cpu preset 0.25; off with --epochs)")
     m.add_argument("--batch-size", dest="batch_size", type=int, metavar="N",
                    help="global batch size, >= 2: BatchNorm needs two images a pass "
                         "(default 128; per rank = global / world size)")
     m.add_argument("--micro-batch", dest="micro_batch", type=int, metavar="N",
-                   help="images per forward/backward pass, gradients accumulated to the batch "
-                        "(0 = automatic: what fits in free memory, the default; else >= 2)")
+                   help="images a forward/backward pass, gradients summed to the batch (0 = "
+                        "what fits in memory, the default; else >= 2)")
     m.add_argument("--optimizer", choices=CHOICES["optimizer"], help="default adam")
     m.add_argument("--lr", type=float, help="peak learning rate, > 0 (default 3e-4)")
     m.add_argument("--weight-decay", dest="weight_decay", type=float,
@@ -113,23 +110,17 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                         "(default constant)")
     m.add_argument("--warmup-epochs", dest="warmup_epochs", type=float,
                    help="linear warm-up, >= 0 epochs (fractions allowed; default 0)")
-    m.add_argument("--init", metavar="SOURCE",
-                   help="start from a model: an imgcls run folder or checkpoint, or a "
-                        "torchvision/timm ResNet weights file (.pth, .pt, .safetensors); its "
-                        "network and image size, a new head for new classes (--preset auto "
-                        "then picks finetune)")
+    m.add_argument("--init", metavar="SOURCE", help="start from a model: an imgcls run or "
+                   "checkpoint, or a torchvision/timm ResNet file (.pth, .safetensors)")
     m.add_argument("--freeze-epochs", dest="freeze_epochs", type=_number(float, 0),
                    metavar="N", help="epochs in which only the head learns (finetune: 2)")
     m.add_argument("--layer-lr-decay", dest="layer_lr_decay", type=_number(float, 0, 1),
-                   metavar="X", help="each layer group learns at X times the next one's rate, "
-                                     "the head at the full rate (default 1; finetune: 0.7)")
-    m.add_argument("--label-smoothing", dest="label_smoothing", type=float,
-                   help="in [0, 1) (default 0)")
+                   metavar="X", help="each layer group's rate is X times the next one's "
+                                     "(default 1; finetune: 0.7)")
+    m.add_argument("--label-smoothing", dest="label_smoothing", type=float, help="in [0, 1)")
     m.add_argument("--mixup", type=_mixup_alpha, metavar="ALPHA",
-                   help="blend pairs of training images and their labels, weights drawn "
-                        "from Beta(ALPHA, ALPHA): a number, 0 = off (the default), or auto "
-                        "(the cpu preset's: 1.0 where a small training set is passed over "
-                        "4 or more times an epoch, else off)")
+                   help="blend image pairs and labels, weights from Beta(ALPHA, ALPHA): 0 = off "
+                        "(default), or auto (1.0 where a set is passed 4+ times an epoch)")
     m.add_argument("--class-weights", dest="class_weights", choices=CHOICES["class_weights"])
     a = p.add_argument_group("augmentation")
     a.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
@@ -149,9 +140,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="recommend flip test-time augmentation to evaluate and predict")
     r.add_argument("--time-limit", dest="time_limit", type=float, metavar="MIN",
-                   help="the run's total wall-clock budget in minutes, resumes included, >= 0 "
-                        "(0 = none, the default): stop after the last epoch that ends within "
-                        "it, the schedule fitted to the epochs that fit")
+                   help="the run's total minutes, resumes included (0 = none, the default): "
+                        "the schedule is fitted to the epochs that fit")
     h = p.add_argument_group("hardware")
     h.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     h.add_argument("--amp", choices=CHOICES["amp"],
@@ -164,9 +154,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     h.add_argument("--sync-bn", dest="sync_bn", action=argparse.BooleanOptionalAction, default=None,
                    help="synchronise BatchNorm across DDP ranks")
     p.add_argument("--preset", choices=["auto", *sorted(PRESETS)],
-                   help="a named recipe: tutorial (the Keras tutorial's), cpu (a CPU-sized "
-                        "network), finetune (from --init's model), or auto (default: finetune "
-                        "with --init, else cpu without a GPU, tutorial with one)")
+                   help="tutorial, cpu, finetune, or auto (default: finetune with --init, else "
+                        "cpu without a GPU, tutorial with one)")
     p.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file")
 
 
@@ -251,11 +240,9 @@ def _add_data_commands(sub) -> None:
 
 
 def _add_train_command(sub) -> None:
-    p = sub.add_parser("train", help="train a classifier on a class-per-folder tree, from "
-                                     "scratch or from a model (--init)",
-                       description="Scan, split, cache and train. --preset auto picks the "
-                                   "recipe (finetune with --init, else cpu or tutorial by the "
-                                   "device); flags override a --config file and a --preset.")
+    p = sub.add_parser("train", help="train a classifier on a class-per-folder tree",
+                       description="Scan, split, cache and train, from scratch or --init. "
+                                   "Flags override a --config file and a --preset.")
     p.add_argument("data_dir", metavar="DATA_DIR", nargs="?")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/DATA-DATE-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR",

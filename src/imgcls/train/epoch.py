@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from imgcls.config import TrainConfig
 from imgcls.data.augment import AugmentConfig, augment_batch, to_float
@@ -92,6 +93,23 @@ def mixup(x: torch.Tensor, labels: torch.Tensor, alpha: float):
 def _wide(logits: torch.Tensor) -> torch.Tensor:
     """Logits for the loss: float32 from a bf16/fp16 pass, float64 kept as it is."""
     return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def epochs_that_fit(cfg: TrainConfig, state: TrainState, h: dict) -> int:
+    """The epochs the learning-rate schedule should run over: under --time-limit with a
+    decaying schedule, as many as the time left allows at this run's pace so far (never more
+    than planned), so the run still ends on the schedule's small final rates instead of
+    being cut at a high one; otherwise the plan."""
+    if not cfg.time_limit or cfg.schedule == "constant":
+        return state.epochs
+    # The slower of the typical and the latest epoch: a machine that slows down late (other
+    # work started on it) still ends on the schedule's small rates, not cut above them.
+    paces = state.paces or [h["seconds"]]
+    per_epoch = max(float(np.median(paces)), paces[-1])
+    left = cfg.time_limit * 60 - h["elapsed_s"]
+    # Up to cfg.epochs, not just the current plan: a first epoch slowed by warm-up may have
+    # planned too few.
+    return max(state.epoch + 1, min(cfg.epochs, state.epoch + 1 + int(left // per_epoch)))
 
 
 @dataclass

@@ -44,7 +44,13 @@ from imgcls.models import ModelConfig
 from imgcls.runtime import precision_for, resolve_device
 from imgcls.train import distributed as D
 from imgcls.train.bnstats import collapse_warning, recalibrate
-from imgcls.train.epoch import EpochOutcome, planned_epochs, run_validation, train_epoch
+from imgcls.train.epoch import (
+    EpochOutcome,
+    epochs_that_fit,
+    planned_epochs,
+    run_validation,
+    train_epoch,
+)
 from imgcls.train.prepare import data_summary, prepare_data, scan_lines
 from imgcls.train.report import (
     cpu_hint,
@@ -116,23 +122,6 @@ def _plan(cfg: TrainConfig, n_train: int, world: D.World) -> TrainConfig:
          f"all {n_train} training photos, and a larger set needs fewer passes (--epochs-shrink "
          f"{cfg.epochs_shrink:g}; --epochs N to choose)")
     return cfg.replace(epochs=epochs)
-
-
-def epochs_that_fit(cfg: TrainConfig, state: TrainState, h: dict) -> int:
-    """The epochs the learning-rate schedule should run over: under --time-limit with a
-    decaying schedule, as many as the time left allows at this run's pace so far (never more
-    than planned), so the run still ends on the schedule's small final rates instead of
-    being cut at a high one; otherwise the plan."""
-    if not cfg.time_limit or cfg.schedule == "constant":
-        return state.epochs
-    # The slower of the typical and the latest epoch: a machine that slows down late (other
-    # work started on it) still ends on the schedule's small rates, not cut above them.
-    paces = state.paces or [h["seconds"]]
-    per_epoch = max(float(np.median(paces)), paces[-1])
-    left = cfg.time_limit * 60 - h["elapsed_s"]
-    # Up to cfg.epochs, not just the current plan: a first epoch slowed by warm-up may have
-    # planned too few.
-    return max(state.epoch + 1, min(cfg.epochs, state.epoch + 1 + int(left // per_epoch)))
 
 
 def fit(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
