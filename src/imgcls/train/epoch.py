@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
-from torch import nn
 
 from imgcls.config import TrainConfig
 from imgcls.data.augment import AugmentConfig, augment_batch, to_float

@@ -44,13 +44,8 @@ from imgcls.models import ModelConfig
 from imgcls.runtime import precision_for, resolve_device
 from imgcls.train import distributed as D
 from imgcls.train.bnstats import collapse_warning, recalibrate
-from imgcls.train.epoch import (
-    EpochOutcome,
-    epochs_that_fit,
-    planned_epochs,
-    run_validation,
-    train_epoch,
-)
+from imgcls.train.epoch import (EpochOutcome, epochs_that_fit, planned_epochs,
+                                run_validation, train_epoch)
 from imgcls.train.prepare import data_summary, prepare_data, scan_lines
 from imgcls.train.report import (
     cpu_hint,

@@ -44,12 +44,15 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
     and shifts (every parameter of one dimension or none) are left out, as timm's function
     of this name and most recipes do. Decaying a BatchNorm scale shrinks a layer's output
     towards zero for nothing: the next BatchNorm undoes the scale anyway."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return _decay_split(model.parameters(), weight_decay)
+
+
+def _decay_split(params, weight_decay: float, **extra) -> list[dict]:
+    """THE weight-decay rule: kernels and matrices decay; biases and normalisation weights
+    (one dimension or none) do not."""
+    params = [p for p in params if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, **extra},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, **extra}]
 
 
 def layered_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -62,9 +65,7 @@ def layered_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     for i, params in enumerate(layers):
         extra = {"lr_scale": cfg.layer_lr_decay ** (len(layers) - 1 - i),
                  "head": i == len(layers) - 1}
-        out += [dict(params=[p for p in params if p.ndim > 1], weight_decay=cfg.weight_decay,
-                     **extra),
-                dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0, **extra)]
+        out += _decay_split(params, cfg.weight_decay, **extra)
     return [g for g in out if g["params"]]
 
 
