@@ -73,6 +73,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--image-size", dest="image_size", type=int, metavar="PX",
                    help="square input size, 1 to 2048 pixels (default 180)")
     d.add_argument("--resize", choices=CHOICES["resize"], help="default stretch (as Keras)")
+    d.add_argument("--low-res", dest="low_res", type=_number(float, 0, 0.99), metavar="F",
+                   help="progressive resizing: epoch 1 at F x image-size, the full size from "
+                        "low_res_until (0.5) of the epochs on (default 0 = off)")
     d.add_argument("--cache-dir", dest="cache_dir", metavar="DIR")
     d.add_argument("--max-pixels", dest="max_pixels", type=_number(int, 0), metavar="N",
                    help="reject images with more pixels than this (0 = no limit of imgcls's "

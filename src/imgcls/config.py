@@ -26,6 +26,10 @@ class TrainConfig:
     split: str = "stratified"  # "stratified" or "keras"
     image_size: int = 180  # px, square
     resize: str = "stretch"  # "stretch" (Keras), "crop" or "pad"
+    low_res: float = 0.0  # progressive resizing (train.resolution): the first epoch trains at
+    #                       this fraction of image_size, rising to the full size by
+    #                       low_res_until of the epochs; 0 = off (always image_size)
+    low_res_until: float = 0.5  # fraction of the epochs by which the full size is reached
     cache_dir: str | None = None  # None = the user cache folder
     max_pixels: int = 89_478_485  # decompression-bomb guard, pixels
     max_per_class: int = 0  # photos per class, a seeded sample of the folder; 0 = all
@@ -212,6 +216,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.max_per_class >= 0, "max-per-class must be >= 0 (0 = every photo)"),
         (cfg.epoch_images >= 0, "epoch-images must be >= 0 (0 = one pass over the photos)"),
         (0 <= cfg.epochs_shrink <= 1, "epochs-shrink must be between 0 and 1 (0 = off)"),
+        (0 <= cfg.low_res < 1, f"low-res must be in [0, 1) (0 = off), not {cfg.low_res:g}"),
+        (0 < cfg.low_res_until <= 1, "low-res-until must be in (0, 1]"),
         (0 <= cfg.freeze_epochs < cfg.epochs,
          f"freeze-epochs must be >= 0 and fewer than the {cfg.epochs} epochs"),
         (0 < cfg.layer_lr_decay <= 1, "layer-lr-decay must be in (0, 1] (1 = one rate)"),

@@ -50,6 +50,15 @@ def to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.
     return images.permute(0, 3, 1, 2).to(dtype)
 
 
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Shrink a (B, 3, H, W) float batch to size x size px: bilinear with antialiasing (as
+    Pillow's resize), so a lower training resolution sees the photo, not an aliased copy."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)
+
+
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=g, device=device) * (high - low) + low
 

@@ -21,11 +21,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from imgcls.config import TrainConfig
-from imgcls.data.augment import AugmentConfig, augment_batch, to_float
+from imgcls.data.augment import AugmentConfig, augment_batch, resize_batch, to_float
 from imgcls.data.loader import BatchLoader
 from imgcls.models import two_logits
 from imgcls.train import distributed as D
 from imgcls.train.optim import group_rate, lr_factor
+from imgcls.train.report import log
+from imgcls.train.resolution import epoch_cost, epoch_size, ramp_line
 
 if TYPE_CHECKING:
     from imgcls.train.state import StopFlag, TrainState
@@ -57,6 +59,20 @@ def planned_epochs(epochs: int, epoch_images: int, n_train: int, shrink: float) 
 # per class (9 passes), +2.8 at 240 (4 passes), and -1.9 at 1,000 per class (one pass),
 # where it slows learning within 40 epochs.
 AUTO_MIXUP, MIXUP_MIN_PASSES = 1.0, 4
+
+
+def plan_run(cfg: TrainConfig, n_train: int, world: D.World) -> TrainConfig:
+    """A fresh run's epochs, sized to its training set (--epochs-shrink), and its
+    resolutions (--low-res), each said in one line."""
+    epochs = planned_epochs(cfg.epochs, cfg.epoch_images, n_train, cfg.epochs_shrink)
+    if epochs != cfg.epochs:
+        log(world, f"Plan: {epochs} epochs, not the recipe's {cfg.epochs}: each epoch passes "
+             f"over all {n_train} training photos, and a larger set needs fewer passes "
+             f"(--epochs-shrink {cfg.epochs_shrink:g}; --epochs N to choose)")
+        cfg = cfg.replace(epochs=epochs)
+    if ramp_line(cfg, cfg.epochs):
+        log(world, ramp_line(cfg, cfg.epochs))
+    return cfg
 
 
 def mixup_alpha(setting: float, passes: int) -> float:
@@ -103,12 +119,18 @@ def epochs_that_fit(cfg: TrainConfig, state: TrainState, h: dict) -> int:
         return state.epochs
     # The slower of the typical and the latest epoch: a machine that slows down late (other
     # work started on it) still ends on the schedule's small rates, not cut above them.
-    paces = state.paces or [h["seconds"]]
+    paces = state.paces or [h["seconds"]]  # seconds of a full-size epoch (train.resolution)
     per_epoch = max(float(np.median(paces)), paces[-1])
     left = cfg.time_limit * 60 - h["elapsed_s"]
     # Up to cfg.epochs, not just the current plan: a first epoch slowed by warm-up may have
-    # planned too few.
-    return max(state.epoch + 1, min(cfg.epochs, state.epoch + 1 + int(left // per_epoch)))
+    # planned too few. Epochs still below the full size cost less (the current plan's ramp).
+    fit, spent = state.epoch + 1, 0.0
+    while fit < cfg.epochs:
+        spent += epoch_cost(cfg, fit, state.epochs) * per_epoch
+        if spent > left:
+            break
+        fit += 1
+    return fit
 
 
 @dataclass
@@ -128,6 +150,7 @@ def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world:
     state.net.train()
     aug_cfg = AugmentConfig(cfg.flip, cfg.rotation, cfg.zoom, cfg.translate, cfg.brightness,
                             cfg.contrast)
+    size = epoch_size(cfg, state.epoch, state.epochs, getattr(state.model, "min_size", 1))
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     seen, seconds = 0, 0.0
     if state.partial:  # the interrupted epoch's sums over all ranks: counted once, on rank 0
@@ -146,7 +169,7 @@ def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world:
         for group in state.opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(g, state.total_steps, state.warmup, cfg.schedule) \
                 * group_rate(group, frozen)
-        x = to_float(batch.images, state.dtype)
+        x = resize_batch(to_float(batch.images, state.dtype), size)
         if aug_cfg.active:
             x = augment_batch(x, aug_cfg, state.aug_gen)
         n = len(batch.labels)

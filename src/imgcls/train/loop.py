@@ -44,8 +44,8 @@ from imgcls.models import ModelConfig
 from imgcls.runtime import precision_for, resolve_device
 from imgcls.train import distributed as D
 from imgcls.train.bnstats import collapse_warning, recalibrate
-from imgcls.train.epoch import (EpochOutcome, epochs_that_fit, planned_epochs,
-                                run_validation, train_epoch)
+from imgcls.train.epoch import (EpochOutcome, epochs_that_fit, plan_run, run_validation,
+                                train_epoch)
 from imgcls.train.prepare import data_summary, prepare_data, scan_lines
 from imgcls.train.report import (
     cpu_hint,
@@ -57,6 +57,7 @@ from imgcls.train.report import (
     stop_everywhere,
     tensorboard,
 )
+from imgcls.train.resolution import epoch_cost
 from imgcls.train.runfolder import RunLock, RunWriter
 from imgcls.train.state import (
     FitResult,
@@ -106,17 +107,6 @@ def _refit_schedule(cfg: TrainConfig, state: TrainState, fit: int, world: D.Worl
              f"the {cfg.schedule} learning-rate schedule now ends with epoch {fit} (was "
              f"{state.epochs})")
     state.plan(fit)
-
-
-def _plan(cfg: TrainConfig, n_train: int, world: D.World) -> TrainConfig:
-    """A fresh run's epochs, sized to its training set (--epochs-shrink), said in one line."""
-    epochs = planned_epochs(cfg.epochs, cfg.epoch_images, n_train, cfg.epochs_shrink)
-    if epochs == cfg.epochs:
-        return cfg
-    log(world, f"Plan: {epochs} epochs, not the recipe's {cfg.epochs}: each epoch passes over "
-         f"all {n_train} training photos, and a larger set needs fewer passes (--epochs-shrink "
-         f"{cfg.epochs_shrink:g}; --epochs N to choose)")
-    return cfg.replace(epochs=epochs)
 
 
 def fit(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
@@ -206,7 +196,7 @@ def _fit_locked(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
                                "imgcls": __version__, "batch": cfg.batch_size,
                                "cache": str(data.cache.folder)})
     if resumed is None:
-        cfg = _plan(cfg, len(data.train_rows), world)
+        cfg = plan_run(cfg, len(data.train_rows), world)
     state, train_loader, val_loader = build_state(cfg, data, device, world, resumed, run)
     state.started = started - (elapsed_before(resumed) if resumed is not None else 0.0)
     log(world, f"Precision: {precision_line(device, cfg.amp)}")
@@ -342,9 +332,9 @@ def _seed_epoch(state: TrainState, cfg: TrainConfig, world: D.World, device: tor
 def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_loader,
                   world: D.World, device: torch.device, started: float) -> dict:
     """Reduce the epoch's sums, validate, and return its metrics line."""
-    t_val = time.perf_counter()
+    t_val, cost = time.perf_counter(), epoch_cost(cfg, state.epoch, state.epochs)
     D.all_sum(world, out.sums)
-    if state.recal_loader is not None:
+    if state.recal_loader is not None and (state.recal_every or cost < 1):
         state.recal_loader.set_epoch(state.epoch)
         recalibrate(state.model, state.recal_loader, cfg.bn_recalibrate, state.micro,
                     state.autocast, world)
@@ -359,7 +349,7 @@ def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_lo
          "images_per_s": out.seen * world.size / max(out.seconds, 1e-9),
          "seconds": out.seconds + time.perf_counter() - t_val,
          "elapsed_s": time.perf_counter() - started}
-    state.paces.append(h["seconds"])
+    state.paces.append(h["seconds"] / cost)  # a full-size epoch's: the time limit's unit
     warning = collapse_warning(v.pred_counts, v.true_counts, v.accuracy, h["accuracy"],
                                state.class_names, state.epoch + 1)
     if warning:

@@ -13,6 +13,7 @@ from imgcls.config import TrainConfig
 from imgcls.errors import PeerError, UserError
 from imgcls.logs import NOTE
 from imgcls.train import distributed as D
+from imgcls.train.resolution import epoch_cost, full_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +60,16 @@ def epoch_line(h: dict, epochs: int) -> str:
 def pace_line(cfg: TrainConfig, h: dict, done: int, planned: int) -> str:
     """After a session's first epoch: how long the whole run takes at this pace, and what
     --time-limit gives up (or would give)."""
-    left = (planned - done) * h["seconds"]
+    per_full = h["seconds"] / epoch_cost(cfg, done - 1, planned)  # a full-size epoch's
+    left = full_epochs(cfg, done, planned, planned) * per_full
     total = h["elapsed_s"] + left
-    line = (f"imgcls: note: at this pace ({h['seconds']:.0f} s an epoch) the run's {planned} "
-            f"epochs take about {_minutes(total)} in all, {_minutes(left)} from now")
+    unit = "a full-size epoch" if cfg.low_res else "an epoch"
+    line = (f"imgcls: note: at this pace ({per_full:.0f} s {unit}) the run's "
+            f"{planned} epochs take about {_minutes(total)} in all, {_minutes(left)} from now")
     if cfg.time_limit and planned < cfg.epochs:
+        every = h["elapsed_s"] + full_epochs(cfg, done, cfg.epochs, cfg.epochs) * per_full
         line += (f"; --time-limit {cfg.time_limit:g} fits {planned} of its {cfg.epochs} "
-                 f"epochs (all {cfg.epochs}: about {_minutes(total + (cfg.epochs - planned) * h['seconds'])})")
+                 f"epochs (all {cfg.epochs}: about {_minutes(every)})")
     elif not cfg.time_limit:
         line += "; --time-limit MIN fits the schedule to a budget"
     return line

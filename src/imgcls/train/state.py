@@ -103,6 +103,7 @@ class TrainState:
     partial: list[float] | None = None  # that epoch's sums so far: loss, correct, count, seen, s
     resumed: Checkpoint | None = None
     recal_loader: BatchLoader | None = None  # training images for BatchNorm's statistics
+    recal_every: bool = False  # re-estimate them every epoch, not only after smaller sizes
     eval_autocast: Callable | None = None  # validation's precision (inference's: bf16 on a
     #                                        CPU that computes it natively)
     class_names: list[str] = field(default_factory=list)
@@ -196,7 +197,9 @@ def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: 
     state.epochs = cfg.epochs
     state.eval_autocast = autocast_for(device, cfg.amp, training=False)[0]
     state.mixup = mixup_alpha(cfg.mixup, passes)
-    if cfg.bn_recalibrate > 0 and needs_recalibration(model, steps):
+    state.recal_every = needs_recalibration(model, steps)
+    # Epochs below the full size (train.resolution) leave statistics of smaller images too.
+    if cfg.bn_recalibrate > 0 and (state.recal_every or cfg.low_res):
         state.recal_loader = BatchLoader(data.cache, data.train_rows, per_rank, seed=cfg.seed + 1,
                                          rank=world.rank, world_size=world.size, device=device)
     if resumed is not None:

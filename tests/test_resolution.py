@@ -1,0 +1,81 @@
+"""train.resolution: progressive resizing trains early epochs smaller, ends and validates at
+the full size, and the clock (time limit, pace line) counts the cheaper epochs."""
+
+from __future__ import annotations
+
+import types
+
+import images
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import imgcls
+from imgcls.config import TrainConfig
+from imgcls.data.augment import resize_batch
+from imgcls.train.epoch import epochs_that_fit
+from imgcls.train.resolution import epoch_cost, epoch_size, full_epochs
+
+
+def test_the_plan_rises_from_low_res_to_the_full_size_and_stays():
+    cfg = TrainConfig(image_size=128, low_res=0.5, low_res_until=0.75)
+    sizes = [epoch_size(cfg, e, 30) for e in range(30)]
+    assert sizes[0] == 64 and sizes[-1] == 128
+    assert sizes == sorted(sizes) and all(s % 16 == 0 for s in sizes)
+    # Full size by 3/4 of the epochs (rounding reaches it a little sooner), then kept.
+    assert 15 < sizes.index(128) <= 22 and all(s == 128 for s in sizes[22:])
+    # Cheaper by the pixels: 64 px costs a quarter of 128 px.
+    assert epoch_cost(cfg, 0, 30) == 0.25
+    assert 18 < full_epochs(cfg, 0, 30, 30) < 22
+    # Off: every epoch full size; never below the network's smallest input.
+    assert {epoch_size(TrainConfig(image_size=128), e, 30) for e in range(30)} == {128}
+    assert epoch_size(TrainConfig(image_size=48, low_res=0.1), 0, 30, min_size=32) == 32
+
+
+def test_resize_batch_shrinks_as_pillow_does():
+    """Antialiased bilinear, as Pillow's resize: a shrunk photo, not an aliased sample."""
+    arr = images.pattern(64, 64, seed=5)
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None].float()
+    got = resize_batch(x, 32)[0].permute(1, 2, 0).numpy()
+    want = np.asarray(Image.fromarray(arr).resize((32, 32), Image.BILINEAR), dtype=np.float32)
+    assert np.abs(got - want).mean() < 1.0 and np.abs(got - want).max() < 4
+    assert resize_batch(x, 64) is x
+
+
+def test_a_time_limit_counts_the_cheaper_small_epochs():
+    """With 10 minutes left at 60 s a full-size epoch, epochs at a quarter of the pixels fit
+    more than 10 more."""
+    plain = TrainConfig(image_size=128, epochs=40, time_limit=20, schedule="cosine")
+    ramp = plain.replace(low_res=0.5, low_res_until=0.75)
+    state = types.SimpleNamespace(paces=[60.0], epoch=0, epochs=40)
+    h = {"seconds": 60.0, "elapsed_s": 600.0}
+    assert epochs_that_fit(plain, state, h) == 11
+    assert epochs_that_fit(ramp, state, h) > 20
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return images.two_class_tree(tmp_path_factory.mktemp("res") / "data", 24, 40)
+
+
+def test_training_sees_small_images_early_and_validates_at_full_size(data, tmp_path, caplog):
+    seen: list[tuple[bool, int]] = []  # (training?, height) of every input to the stem
+
+    def spy(module, args):
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 3:
+            seen.append((module.training, args[0].shape[-1]))
+
+    caplog.set_level("INFO")
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(spy)
+    try:
+        run = imgcls.fit(data, out=tmp_path / "run", preset="cpu", image_size=64, epochs=4,
+                         epoch_images=0, low_res=0.5, batch_size=8, threads=2, seed=3)
+    finally:
+        hook.remove()
+    assert "Resolution: epochs 1-2 at 32-48 px, then 64 px" in caplog.text
+    train_sizes = [s for training, s in seen if training]
+    assert train_sizes[0] == 32 and train_sizes[-1] == 64 and train_sizes == sorted(train_sizes)
+    # Validation (and BatchNorm's re-estimation before it) only ever at the full size.
+    assert {s for training, s in seen if not training} == {64}
+    assert np.isfinite(run.history[-1]["val_loss"])
