@@ -74,8 +74,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="square input size, 1 to 2048 pixels (default 180)")
     d.add_argument("--resize", choices=CHOICES["resize"], help="default stretch (as Keras)")
     d.add_argument("--low-res", dest="low_res", type=_number(float, 0, 0.99), metavar="F",
-                   help="progressive resizing: epoch 1 at F x image-size, the full size from "
-                        "low_res_until (0.5) of the epochs on (default 0 = off)")
+                   help="progressive resizing: epoch 1 at F x image-size (default 0 = off)")
+    d.add_argument("--low-res-until", dest="low_res_until", type=_number(float, 0.01, 1),
+                   metavar="F", help="... rising to the full size by F of the epochs (0.5)")
     d.add_argument("--cache-dir", dest="cache_dir", metavar="DIR")
     d.add_argument("--max-pixels", dest="max_pixels", type=_number(int, 0), metavar="N",
                    help="reject images with more pixels than this (0 = no limit of imgcls's "

@@ -23,7 +23,7 @@ def epoch_size(cfg: TrainConfig, epoch: int, epochs: int, min_size: int = 1) -> 
         return full
     ramp = max(1.0, cfg.low_res_until * epochs)  # epochs over which the size rises
     frac = min(1.0, cfg.low_res + (1 - cfg.low_res) * epoch / ramp)
-    size = int(round(full * frac / STEP)) * STEP
+    size = round(full * frac / STEP) * STEP
     return max(min(size, full), min_size, STEP)
 
 
