@@ -49,10 +49,22 @@ def test_numbers_of_the_right_kind_pass_and_ints_are_fine_floats():
     ({"max_pixels": -1}, "max-pixels must be >= 0 (0 = no limit)"),
     ({"lr": float("nan")}, "lr must be a finite number"),
     ({"momentum": 1.5}, "momentum must be in"),
+    ({"low_res": 1.5}, "low-res must be in [0, 1)"),
 ])
 def test_values_out_of_range_are_refused_before_anything_is_read(settings, words, tmp_path):
-    with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[")):
         resolve({"data_dir": str(tmp_path), **settings}, "tutorial")
+
+
+def test_fewer_epochs_from_a_model_keep_the_recipes_head_only_share():
+    """The finetune recipe trains the head alone for 2 of its 15 epochs; `--epochs 3` keeps
+    that share (0.4) instead of refusing 2 frozen epochs out of 3 or more than all."""
+    assert resolve({"data_dir": "/d", "init": "m"}, "auto").freeze_epochs == 2
+    assert resolve({"data_dir": "/d", "init": "m", "epochs": 3}, "auto").freeze_epochs == 0.4
+    assert resolve({"data_dir": "/d", "init": "m", "epochs": 30}, "auto").freeze_epochs == 2
+    told = resolve({"data_dir": "/d", "init": "m", "epochs": 3, "freeze_epochs": 1}, "auto")
+    assert told.freeze_epochs == 1
 
 
 def test_a_config_file_holds_a_table(tmp_path):

@@ -194,3 +194,16 @@ def test_predict_and_export_use_the_sources_normalisation(tmp_path, three):
     onnx_p = Predictor.from_checkpoint(tmp_path / "m.onnx").predict(photos, tta=False)
     got_onnx = np.array([[p.probabilities[c] for c in ckpt.meta["class_names"]] for p in onnx_p])
     assert np.abs(got_onnx - by_hand).max() < 1e-4
+
+
+def test_a_one_logit_source_starts_a_three_class_run(tmp_path, three):
+    """The tutorial's one-logit head is the source's classes' business, not the backbone's."""
+    data = images.two_class_tree(tmp_path / "two", 8, 40)
+    cfg = tmp_path / "one.json"
+    cfg.write_text(json.dumps({"model_options": {"single_logit": True}}))
+    source = images.train_tiny(data, tmp_path / "src", "--epochs", "1", "--config", str(cfg))
+    assert load_checkpoint(source / "best.safetensors").weights["fc.weight"].shape[0] == 1
+    res = cli("train", three, "--init", source, "--out", tmp_path / "run", "--epochs", "1",
+              *TINY)
+    assert res.returncode == 0, res.stderr
+    assert load_checkpoint(tmp_path / "run" / "best.safetensors").weights["fc.weight"].shape[0] == 3

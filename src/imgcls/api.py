@@ -74,8 +74,11 @@ def _source_settings(init: str | None) -> dict:
     from imgcls.train.source import read_source
 
     src = read_source(init)
-    values = {"model": src.model, "model_options": src.model_options,
-              "image_size": src.image_size}
+    # single_logit is a two-class head's shape, not the backbone's: the new run's classes
+    # decide its head (a three-class run from a one-logit source would be refused).
+    options = None if src.model_options is None else \
+        {k: v for k, v in src.model_options.items() if k != "single_logit"}
+    values = {"model": src.model, "model_options": options, "image_size": src.image_size}
     return {k: v for k, v in values.items() if v is not None}
 
 
