@@ -20,6 +20,7 @@ import argparse
 import json
 import platform
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -64,6 +65,11 @@ def main() -> None:
     ap.add_argument("--folders", nargs="+", default=list(FOLDERS), choices=list(FOLDERS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--minutes", type=float, default=3.0, help="each run's --time-limit")
+    ap.add_argument("--recipes", nargs="+", default=["scratch", "init"],
+                    choices=["scratch", "init"], help="which of the two to run")
+    ap.add_argument("--init-args", default="", help="more `imgcls train` flags for the runs "
+                    "from the source, in one string (e.g. '--preset cpu')")
+    ap.add_argument("--name", default="", help="a label for these rows in finetune.jsonl")
     args = ap.parse_args()
     import torch
 
@@ -72,7 +78,10 @@ def main() -> None:
     for name in args.folders:
         train, val = build(Path(args.photos), work, name)
         for seed in args.seeds:
-            for recipe, extra in (("scratch", []), ("init", ["--init", args.source])):
+            for recipe, extra in (("scratch", []),
+                                  ("init", ["--init", args.source, *shlex.split(args.init_args)])):
+                if recipe not in args.recipes:
+                    continue
                 out = work / "runs" / f"{name}-{recipe}-{seed}"
                 minutes = run([sys.executable, "-m", "imgcls", "train", str(train), "--val-dir",
                                str(val), "--out", str(out), "--seed", str(seed),
@@ -81,7 +90,8 @@ def main() -> None:
                                       "--json", "--no-figures"], check=True, capture_output=True,
                                      text=True)
                 cfg = json.loads((out / "config.json").read_text())
-                rows.append({"folder": name, "recipe": recipe, "seed": seed,
+                rows.append({"folder": name, "recipe": recipe, "seed": seed, "name": args.name,
+                             "args": extra[2:],
                              "accuracy": json.loads(res.stdout)["accuracy"],
                              "minutes": round(minutes, 2), "preset": cfg["preset"],
                              "epochs_run": len((out / "metrics.jsonl").read_text().splitlines()),
@@ -95,6 +105,10 @@ def main() -> None:
     for name in args.folders:
         acc = {r: [x["accuracy"] for x in rows if x["folder"] == name and x["recipe"] == r]
                for r in ("scratch", "init")}
+        if not all(acc.values()):  # one recipe only: its mean
+            print(f"| {name} | " + " | ".join(
+                f"{statistics.mean(v):.4f}" if v else "-" for v in acc.values()) + " | |")
+            continue
         m = {r: statistics.mean(v) for r, v in acc.items()}
         sd = {r: statistics.stdev(v) if len(v) > 1 else 0.0 for r, v in acc.items()}
         print(f"| {name} | {m['scratch']:.4f} (sd {sd['scratch']:.4f}) | {m['init']:.4f} "
