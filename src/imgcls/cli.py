@@ -326,7 +326,6 @@ def _add_model_commands(sub) -> None:
     p.set_defaults(func=commands.cmd_plot)
 
 
-
 def _add_labels(p) -> None:
     p.add_argument("--labels", metavar="SOURCE",
                    help="where labels come from: folders (default: one sub-folder per class), "
