@@ -57,7 +57,7 @@ from imgcls.train.report import (
     stop_everywhere,
     tensorboard,
 )
-from imgcls.train.resolution import epoch_cost
+from imgcls.train.resolution import SIZE_RECAL, epoch_cost
 from imgcls.train.runfolder import RunLock, RunWriter
 from imgcls.train.state import (
     FitResult,
@@ -336,8 +336,8 @@ def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_lo
     D.all_sum(world, out.sums)
     if state.recal_loader is not None and (state.recal_every or cost < 1):
         state.recal_loader.set_epoch(state.epoch)
-        recalibrate(state.model, state.recal_loader, cfg.bn_recalibrate, state.micro,
-                    state.autocast, world)
+        recalibrate(state.model, state.recal_loader, cfg.bn_recalibrate if state.recal_every
+                    else min(cfg.bn_recalibrate, SIZE_RECAL), state.micro, state.autocast, world)
     # The bare model, not the DDP wrapper: a rank with fewer validation batches (or none)
     # must not wait in a collective of a DDP forward that the others do not enter.
     v = run_validation(state.model, val_loader, world, state.eval_autocast,
