@@ -3,10 +3,15 @@
 Owns the plan behind `low_res` / `low_res_until`: the first epoch trains at `low_res` times
 the image size, the size rises linearly to the full size by `low_res_until` of the epochs
 and stays there, so the last epochs (and validation, always at the full size) see what
-prediction will see. Early epochs at lower resolution cost about (size / full)^2 of a
-full one (a convolution's work scales with the pixels), which buys more epochs in the same
-time, as in fastai's and FFCV's recipes. Sizes are multiples of 16 px, so a run meets only a
-few shapes (each one a fresh set of oneDNN kernels, or a recompile under torch.compile).
+prediction will see. Early epochs at lower resolution are cheaper, which buys more epochs in
+the same time, as in fastai's and FFCV's recipes. Sizes are multiples of 16 px, so a run
+meets only a few shapes (each one a fresh set of oneDNN kernels, or a recompile under
+torch.compile).
+
+What an epoch costs is counted as size / full, not (size / full)^2: a convolution's work
+scales with the pixels, but loading, augmenting and validating do not, and on 2 CPU cores
+epochs at 64 / 80 / 96 / 112 px took 0.45 / 0.57 / 0.76 / 0.92 of a 128 px epoch
+(BENCHMARKS.md). The time limit plans with this cost, so it must not flatter small epochs.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ def epoch_size(cfg: TrainConfig, epoch: int, epochs: int, min_size: int = 1) -> 
 
 
 def epoch_cost(cfg: TrainConfig, epoch: int, epochs: int) -> float:
-    """An epoch's training time as a fraction of a full-size epoch's."""
-    return (epoch_size(cfg, epoch, epochs) / cfg.image_size) ** 2
+    """An epoch's time as a fraction of a full-size epoch's (measured: see above)."""
+    return epoch_size(cfg, epoch, epochs) / cfg.image_size
 
 
 def full_epochs(cfg: TrainConfig, start: int, end: int, epochs: int) -> float:
