@@ -15,7 +15,7 @@ import imgcls
 from imgcls.config import TrainConfig
 from imgcls.data.augment import resize_batch
 from imgcls.train.epoch import epochs_that_fit
-from imgcls.train.resolution import epoch_cost, epoch_size, full_epochs
+from imgcls.train.resolution import epoch_cost, epoch_size, full_epochs, ramp_line
 
 
 def test_the_plan_rises_from_low_res_to_the_full_size_and_stays():
@@ -31,6 +31,9 @@ def test_the_plan_rises_from_low_res_to_the_full_size_and_stays():
     # Off: every epoch full size; never below the network's smallest input.
     assert {epoch_size(TrainConfig(image_size=128), e, 30) for e in range(30)} == {128}
     assert epoch_size(TrainConfig(image_size=48, low_res=0.1), 0, 30, min_size=32) == 32
+    # A network that needs 32 px at 32 px: nothing to ramp, and nothing said of a ramp.
+    small = TrainConfig(image_size=32, low_res=0.5)
+    assert ramp_line(small, 10, min_size=32) == "" and epoch_cost(small, 0, 10, 32) == 1
 
 
 def test_resize_batch_shrinks_as_pillow_does():
@@ -48,7 +51,7 @@ def test_a_time_limit_counts_the_cheaper_small_epochs():
     10 more."""
     plain = TrainConfig(image_size=128, epochs=40, time_limit=20, schedule="cosine")
     ramp = plain.replace(low_res=0.5, low_res_until=0.75)
-    state = types.SimpleNamespace(paces=[60.0], epoch=0, epochs=40)
+    state = types.SimpleNamespace(paces=[60.0], epoch=0, epochs=40, min_size=1)
     h = {"seconds": 60.0, "elapsed_s": 600.0}
     assert epochs_that_fit(plain, state, h) == 11
     assert epochs_that_fit(ramp, state, h) > 15
@@ -70,7 +73,8 @@ def test_training_sees_small_images_early_and_validates_at_full_size(data, tmp_p
     hook = torch.nn.modules.module.register_module_forward_pre_hook(spy)
     try:
         run = imgcls.fit(data, out=tmp_path / "run", preset="cpu", image_size=64, epochs=4,
-                         epoch_images=0, low_res=0.5, batch_size=8, threads=2, seed=3)
+                         epoch_images=0, low_res=0.5, low_res_until=0.5, batch_size=8, threads=2,
+                         seed=3)
     finally:
         hook.remove()
     assert "Resolution: epochs 1-2 at 32-48 px, then 64 px" in caplog.text

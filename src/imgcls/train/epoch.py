@@ -27,7 +27,7 @@ from imgcls.models import two_logits
 from imgcls.train import distributed as D
 from imgcls.train.optim import group_rate, lr_factor
 from imgcls.train.report import log
-from imgcls.train.resolution import epoch_cost, epoch_size, ramp_line
+from imgcls.train.resolution import epoch_cost, epoch_size
 
 if TYPE_CHECKING:
     from imgcls.train.state import StopFlag, TrainState
@@ -62,16 +62,13 @@ AUTO_MIXUP, MIXUP_MIN_PASSES = 1.0, 4
 
 
 def plan_run(cfg: TrainConfig, n_train: int, world: D.World) -> TrainConfig:
-    """A fresh run's epochs, sized to its training set (--epochs-shrink), and its
-    resolutions (--low-res), each said in one line."""
+    """A fresh run's epochs, sized to its training set (--epochs-shrink), said in one line."""
     epochs = planned_epochs(cfg.epochs, cfg.epoch_images, n_train, cfg.epochs_shrink)
     if epochs != cfg.epochs:
         log(world, f"Plan: {epochs} epochs, not the recipe's {cfg.epochs}: each epoch passes "
              f"over all {n_train} training photos, and a larger set needs fewer passes "
              f"(--epochs-shrink {cfg.epochs_shrink:g}; --epochs N to choose)")
         cfg = cfg.replace(epochs=epochs)
-    if ramp_line(cfg, cfg.epochs):
-        log(world, ramp_line(cfg, cfg.epochs))
     return cfg
 
 
@@ -126,7 +123,7 @@ def epochs_that_fit(cfg: TrainConfig, state: TrainState, h: dict) -> int:
     # planned too few. Epochs still below the full size cost less (the current plan's ramp).
     fit, spent = state.epoch + 1, 0.0
     while fit < cfg.epochs:
-        spent += epoch_cost(cfg, fit, state.epochs) * per_epoch
+        spent += epoch_cost(cfg, fit, state.epochs, state.min_size) * per_epoch
         if spent > left:
             break
         fit += 1
@@ -150,7 +147,7 @@ def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world:
     state.net.train()
     aug_cfg = AugmentConfig(cfg.flip, cfg.rotation, cfg.zoom, cfg.translate, cfg.brightness,
                             cfg.contrast)
-    size = epoch_size(cfg, state.epoch, state.epochs, getattr(state.model, "min_size", 1))
+    size = epoch_size(cfg, state.epoch, state.epochs, state.min_size)
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     seen, seconds = 0, 0.0
     if state.partial:  # the interrupted epoch's sums over all ranks: counted once, on rank 0

@@ -57,7 +57,7 @@ from imgcls.train.report import (
     stop_everywhere,
     tensorboard,
 )
-from imgcls.train.resolution import SIZE_RECAL, epoch_cost
+from imgcls.train.resolution import SIZE_RECAL, epoch_cost, ramp_line
 from imgcls.train.runfolder import RunLock, RunWriter
 from imgcls.train.state import (
     FitResult,
@@ -199,6 +199,8 @@ def _fit_locked(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
         cfg = plan_run(cfg, len(data.train_rows), world)
     state, train_loader, val_loader = build_state(cfg, data, device, world, resumed, run)
     state.started = started - (elapsed_before(resumed) if resumed is not None else 0.0)
+    if resumed is None and ramp_line(cfg, state.epochs, state.min_size):
+        log(world, ramp_line(cfg, state.epochs, state.min_size))
     log(world, f"Precision: {precision_line(device, cfg.amp)}")
     if train_loader.passes > 1:
         log(world, f"Each epoch passes {train_loader.passes} times over the "
@@ -280,7 +282,8 @@ def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWr
             _refit_schedule(cfg, state, int(-decision["fit"]), world)
             _save_epoch(cfg, state, h, improved, writer, meta_base, world, device, tb)
             if epoch == first and state.epochs > epoch + 1:
-                log(world, pace_line(cfg, h, epoch + 1, state.epochs), file=sys.stderr)
+                log(world, pace_line(cfg, h, epoch + 1, state.epochs, state.min_size),
+                    file=sys.stderr)
             if decision["signal"]:
                 result.interrupted = True
                 log(world, f"Stopped after epoch {epoch + 1}. Resume with: "
@@ -332,7 +335,7 @@ def _seed_epoch(state: TrainState, cfg: TrainConfig, world: D.World, device: tor
 def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_loader,
                   world: D.World, device: torch.device, started: float) -> dict:
     """Reduce the epoch's sums, validate, and return its metrics line."""
-    t_val, cost = time.perf_counter(), epoch_cost(cfg, state.epoch, state.epochs)
+    t_val, cost = time.perf_counter(), epoch_cost(cfg, state.epoch, state.epochs, state.min_size)
     D.all_sum(world, out.sums)
     if state.recal_loader is not None and (state.recal_every or cost < 1):
         state.recal_loader.set_epoch(state.epoch)

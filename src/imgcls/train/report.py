@@ -57,17 +57,17 @@ def epoch_line(h: dict, epochs: int) -> str:
             f"{h['images_per_s']:.1f} img/s  {h['seconds']:.1f}s")
 
 
-def pace_line(cfg: TrainConfig, h: dict, done: int, planned: int) -> str:
+def pace_line(cfg: TrainConfig, h: dict, done: int, planned: int, min_size: int = 1) -> str:
     """After a session's first epoch: how long the whole run takes at this pace, and what
     --time-limit gives up (or would give)."""
-    per_full = h["seconds"] / epoch_cost(cfg, done - 1, planned)  # a full-size epoch's
-    left = full_epochs(cfg, done, planned, planned) * per_full
+    per_full = h["seconds"] / epoch_cost(cfg, done - 1, planned, min_size)  # full size's
+    left = full_epochs(cfg, done, planned, planned, min_size) * per_full
     total = h["elapsed_s"] + left
     unit = "a full-size epoch" if cfg.low_res else "an epoch"
     line = (f"imgcls: note: at this pace ({per_full:.0f} s {unit}) the run's "
             f"{planned} epochs take about {_minutes(total)} in all, {_minutes(left)} from now")
     if cfg.time_limit and planned < cfg.epochs:
-        every = h["elapsed_s"] + full_epochs(cfg, done, cfg.epochs, cfg.epochs) * per_full
+        every = h["elapsed_s"] + full_epochs(cfg, done, cfg.epochs, cfg.epochs, min_size) * per_full
         line += (f"; --time-limit {cfg.time_limit:g} fits {planned} of its {cfg.epochs} "
                  f"epochs (all {cfg.epochs}: about {_minutes(every)})")
     elif not cfg.time_limit:

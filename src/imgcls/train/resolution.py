@@ -27,7 +27,8 @@ SIZE_RECAL = 1024
 
 
 def epoch_size(cfg: TrainConfig, epoch: int, epochs: int, min_size: int = 1) -> int:
-    """px the 0-based `epoch` of `epochs` trains at (cfg.image_size without low_res)."""
+    """px the 0-based `epoch` of `epochs` trains at (cfg.image_size without low_res); never
+    below the network's smallest input (`min_size`, px)."""
     full = cfg.image_size
     if not cfg.low_res or cfg.low_res >= 1:
         return full
@@ -37,23 +38,23 @@ def epoch_size(cfg: TrainConfig, epoch: int, epochs: int, min_size: int = 1) -> 
     return max(min(size, full), min_size, STEP)
 
 
-def epoch_cost(cfg: TrainConfig, epoch: int, epochs: int) -> float:
+def epoch_cost(cfg: TrainConfig, epoch: int, epochs: int, min_size: int = 1) -> float:
     """An epoch's time as a fraction of a full-size epoch's (measured: see above)."""
-    return epoch_size(cfg, epoch, epochs) / cfg.image_size
+    return epoch_size(cfg, epoch, epochs, min_size) / cfg.image_size
 
 
-def full_epochs(cfg: TrainConfig, start: int, end: int, epochs: int) -> float:
+def full_epochs(cfg: TrainConfig, start: int, end: int, epochs: int, min_size: int = 1) -> float:
     """Epochs start..end-1 of a plan of `epochs`, counted in full-size epochs."""
-    return sum(epoch_cost(cfg, e, epochs) for e in range(start, end))
+    return sum(epoch_cost(cfg, e, epochs, min_size) for e in range(start, end))
 
 
-def ramp_line(cfg: TrainConfig, epochs: int) -> str:
+def ramp_line(cfg: TrainConfig, epochs: int, min_size: int = 1) -> str:
     """One line saying the plan's sizes and what they save ("" when all are full size)."""
-    sizes = [epoch_size(cfg, e, epochs) for e in range(epochs)]
+    sizes = [epoch_size(cfg, e, epochs, min_size) for e in range(epochs)]
     full = sizes.index(cfg.image_size) if cfg.image_size in sizes else epochs
     if full == 0:
         return ""
-    saved = 1 - full_epochs(cfg, 0, epochs, epochs) / epochs
+    saved = 1 - full_epochs(cfg, 0, epochs, epochs, min_size) / epochs
     return (f"Resolution: epochs 1-{full} at {sizes[0]}-{sizes[max(full - 1, 0)]} px, then "
             f"{cfg.image_size} px (--low-res {cfg.low_res:g}; about {saved:.0%} less training "
             "time; validation always at full size)")

@@ -104,6 +104,7 @@ class TrainState:
     resumed: Checkpoint | None = None
     recal_loader: BatchLoader | None = None  # training images for BatchNorm's statistics
     recal_every: bool = False  # re-estimate them every epoch, not only after smaller sizes
+    min_size: int = 1  # px: the network's smallest input (train.resolution never goes below)
     eval_autocast: Callable | None = None  # validation's precision (inference's: bf16 on a
     #                                        CPU that computes it natively)
     class_names: list[str] = field(default_factory=list)
@@ -197,6 +198,7 @@ def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: 
     state.epochs = cfg.epochs
     state.eval_autocast = autocast_for(device, cfg.amp, training=False)[0]
     state.mixup = mixup_alpha(cfg.mixup, passes)
+    state.min_size = getattr(model, "min_size", 1)
     state.recal_every = needs_recalibration(model, steps)
     # Epochs below the full size (train.resolution) leave statistics of smaller images too.
     if cfg.bn_recalibrate > 0 and (state.recal_every or cfg.low_res):
