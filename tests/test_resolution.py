@@ -34,6 +34,7 @@ def test_the_plan_rises_from_low_res_to_the_full_size_and_stays():
     # A network that needs 32 px at 32 px: nothing to ramp, and nothing said of a ramp.
     small = TrainConfig(image_size=32, low_res=0.5)
     assert ramp_line(small, 10, min_size=32) == "" and epoch_cost(small, 0, 10, 32) == 1
+    assert epoch_size(TrainConfig(image_size=8, low_res=0.5), 0, 10) == 8  # never upscaled
 
 
 def test_resize_batch_shrinks_as_pillow_does():

@@ -35,7 +35,7 @@ def epoch_size(cfg: TrainConfig, epoch: int, epochs: int, min_size: int = 1) -> 
     ramp = max(1.0, cfg.low_res_until * epochs)  # epochs over which the size rises
     frac = min(1.0, cfg.low_res + (1 - cfg.low_res) * epoch / ramp)
     size = round(full * frac / STEP) * STEP
-    return max(min(size, full), min_size, STEP)
+    return min(full, max(size, min_size, STEP))  # never above the full size, however small
 
 
 def epoch_cost(cfg: TrainConfig, epoch: int, epochs: int, min_size: int = 1) -> float:
