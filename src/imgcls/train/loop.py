@@ -199,8 +199,8 @@ def _fit_locked(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
         cfg = plan_run(cfg, len(data.train_rows), world)
     state, train_loader, val_loader = build_state(cfg, data, device, world, resumed, run)
     state.started = started - (elapsed_before(resumed) if resumed is not None else 0.0)
-    if resumed is None and ramp_line(cfg, state.epochs, state.min_size):
-        log(world, ramp_line(cfg, state.epochs, state.min_size))
+    if resumed is None and (ramp := ramp_line(cfg, state.epochs, state.min_size)):
+        log(world, ramp)
     log(world, f"Precision: {precision_line(device, cfg.amp)}")
     if train_loader.passes > 1:
         log(world, f"Each epoch passes {train_loader.passes} times over the "
