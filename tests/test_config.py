@@ -9,7 +9,7 @@ import images
 import pytest
 
 import imgcls
-from imgcls.config import TrainConfig, check_types, resolve
+from imgcls.config import BROAD_SOURCE_CLASSES, TrainConfig, check_types, resolve, start_preset
 from imgcls.errors import UserError
 
 
@@ -65,6 +65,23 @@ def test_fewer_epochs_from_a_model_keep_the_recipes_head_only_share():
     assert resolve({"data_dir": "/d", "init": "m", "epochs": 30}, "auto").freeze_epochs == 2
     told = resolve({"data_dir": "/d", "init": "m", "epochs": 3, "freeze_epochs": 1}, "auto")
     assert told.freeze_epochs == 1
+
+
+def test_auto_starts_a_narrow_source_with_the_recipe_from_scratch():
+    """`--preset auto --init`: a source of a few classes gets the recipe from scratch (its
+    narrow features need changing), one of many classes or unknown ones the finetune recipe;
+    the network and size are the source's either way."""
+    source = {"model": "resnet-cpu", "image_size": 96}
+    narrow = resolve({"data_dir": "/d", "init": "m", "device": "cpu"}, "auto", source=source,
+                     source_classes=2)
+    assert narrow.preset == "cpu" and narrow.freeze_epochs == 0 and narrow.image_size == 96
+    assert start_preset(2, "cuda")[0] == "tutorial"
+    for classes in (BROAD_SOURCE_CLASSES, 1000, None):
+        cfg = resolve({"data_dir": "/d", "init": "m", "device": "cpu"}, "auto", source=source,
+                      source_classes=classes)
+        assert cfg.preset == "finetune" and cfg.freeze_epochs == 2 and cfg.image_size == 96
+    told = resolve({"data_dir": "/d", "init": "m"}, "finetune", source=source, source_classes=2)
+    assert told.preset == "finetune"
 
 
 def test_a_config_file_holds_a_table(tmp_path):

@@ -47,11 +47,10 @@ def test_a_run_on_other_classes_keeps_the_backbone_and_replaces_the_head(source_
     src = load_checkpoint(source_run / "best.safetensors").weights
     run = tmp_path / "run"
     res = cli("train", three, "--init", source_run, "--out", run, "--epochs", "2",
-              "--freeze-epochs", "1", *TINY)
+              "--preset", "finetune", "--freeze-epochs", "1", *TINY)
     assert res.returncode == 0, res.stderr
     line = next(l for l in res.stdout.splitlines() if l.startswith("Starting from"))
     assert "the head (fc.weight, fc.bias) starts afresh: its classes differ" in line
-    assert "Recipe: the finetune preset" in res.stdout
     # After the frozen first epoch every backbone weight is the source's, exactly: the
     # backbone's rate was 0 (BatchNorm's running statistics do follow the new photos).
     first = load_checkpoint(epoch_path(run, 1)).weights
@@ -152,8 +151,14 @@ def test_unrelated_or_unsafe_sources_are_refused_in_one_line(tmp_path, three):
 
 def test_resume_keeps_the_source(source_run, three, tmp_path):
     run = tmp_path / "run"
-    assert cli("train", three, "--init", source_run, "--out", run, "--epochs", "2",
-               "--freeze-epochs", "1", *TINY).returncode == 0
+    res = cli("train", three, "--init", source_run, "--out", run, "--epochs", "2",
+              "--freeze-epochs", "1", *TINY)
+    assert res.returncode == 0, res.stderr
+    # A two-class source's features are narrow: `--preset auto` trains with the recipe from
+    # scratch (cpu or tutorial by the device), starting from its weights.
+    recipe = next(l for l in res.stdout.splitlines() if l.startswith("Recipe:"))
+    assert "finetune preset" not in recipe and "a model of 2 classes" in recipe
+    assert "xception-tiny at 32 px as the source" in recipe
     first = load_checkpoint(run / "last.safetensors").meta["init"]
     res = cli("train", "--resume", run, "--epochs", "3")
     assert res.returncode == 0, res.stderr
@@ -172,6 +177,7 @@ def test_predict_and_export_use_the_sources_normalisation(tmp_path, three):
     res = cli("train", three, "--init", tmp_path / "r18.pth", "--out", run, "--epochs", "2",
               "--freeze-epochs", "1", "--amp", "off", *TINY)
     assert res.returncode == 0, res.stderr
+    assert "Recipe: the finetune preset" in res.stdout  # ImageNet's 1,000 classes: broad
     ckpt = load_checkpoint(run / "best.safetensors")
     photos = sorted(three.glob("*/*"))[:6]
     torch_p = Predictor.from_checkpoint(run, amp="off").predict(photos, tta=False)

@@ -66,11 +66,12 @@ class Run:
         return _shown(curves_figure(self.run_dir / "metrics.jsonl"))
 
 
-def _source_settings(init: str | None) -> dict:
+def _source_settings(init: str | None) -> tuple[dict, int | None]:
     """What the model to start from decides unless told otherwise: its network (and that
-    network's options) and its image size."""
+    network's options) and its image size; and how many classes it tells apart (which
+    recipe `--preset auto` picks: config.start_preset)."""
     if not init:
-        return {}
+        return {}, None
     from imgcls.train.source import read_source
 
     src = read_source(init)
@@ -79,7 +80,7 @@ def _source_settings(init: str | None) -> dict:
     options = None if src.model_options is None else \
         {k: v for k, v in src.model_options.items() if k != "single_logit"}
     values = {"model": src.model, "model_options": options, "image_size": src.image_size}
-    return {k: v for k, v in values.items() if v is not None}
+    return {k: v for k, v in values.items() if v is not None}, src.classes
 
 
 def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
@@ -129,15 +130,16 @@ def fit(data: str | os.PathLike | None = None, out: str | os.PathLike | None = N
         from imgcls.config import load_file
 
         init = settings.get("init") or (load_file(config).get("init") if config else None)
+        source, classes = _source_settings(init)
         cfg = resolve(dict(settings, data_dir=str(data), init=init), preset, config,
-                      source=_source_settings(init))
+                      source=source, source_classes=classes)
         if preset == "auto" and os.environ.get("RANK", "0") == "0":
-            from imgcls.config import auto_preset
+            from imgcls.config import auto_preset, start_preset
 
             fitted = (f", each epoch showing at least {cfg.epoch_images} images"
                       if cfg.preset == "tutorial" and cfg.epoch_images else "")
-            why = (f"starting from a model; {cfg.model} at {cfg.image_size} px as the source"
-                   if cfg.preset == "finetune" else auto_preset(cfg.device)[1])
+            why = (f"{start_preset(classes, cfg.device)[1]}; {cfg.model} at {cfg.image_size} "
+                   "px as the source" if init else auto_preset(cfg.device)[1])
             logging.getLogger(__name__).info(
                 f"Recipe: the {cfg.preset} preset{fitted} ({why}; --preset tutorial, cpu or "
                 "finetune to choose)")

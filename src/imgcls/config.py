@@ -148,6 +148,12 @@ PRESETS: dict[str, dict] = {
 # BENCHMARKS.md). From ~1,400 photos up it changes nothing; `--preset tutorial` never has it.
 AUTO_GPU_EPOCH_IMAGES = 2048  # images an epoch shows at least
 
+# `--preset auto` with `--init`: a source trained on fewer classes than this starts the recipe
+# from scratch (start_preset); from this many up its features are taken as broad (ImageNet's
+# 1,000, CIFAR-100's 100) and the finetune recipe keeps them. Measured only at 2 (Cats vs
+# Dogs -> flowers) and, for finetune, by the literature's ImageNet practice: a judgment between.
+BROAD_SOURCE_CLASSES = 100
+
 
 MAX_IMAGE_SIZE = 2048  # px: a side above this is a typo (100000 px asked for 30 GB)
 
@@ -284,26 +290,44 @@ def auto_preset(device: str) -> tuple[str, str]:
     return "cpu", "no GPU here, and the tutorial's network would take about a day on a CPU"
 
 
+def start_preset(source_classes: int | None, device: str) -> tuple[str, str]:
+    """(preset, why) for `--preset auto` when the run starts from a model.
+
+    A source trained to tell a few classes apart (an imgcls run on cats and dogs) learnt
+    narrow features: the finetune recipe, which keeps them (head first, earlier layers
+    slower), was level with training from scratch on flower folders, while the recipe from
+    scratch started from the source's weights beat scratch by 1.5-3.9 points
+    (bench/finetune.py, BENCHMARKS.md "Warm start"). A source of many classes (ImageNet's
+    1,000 in a torchvision/timm file; one whose classes are not known) has the broad features
+    the finetune recipe is made to keep."""
+    if source_classes is not None and source_classes < BROAD_SOURCE_CLASSES:
+        preset, _ = auto_preset(device)
+        return preset, (f"starting from a model of {source_classes} classes, whose narrow "
+                        "features the recipe from scratch adapts better than the finetune one")
+    return "finetune", "starting from a model"
+
+
 def resolve(overrides: dict, preset: str | None = None, config_file: str | None = None,
-            base: TrainConfig | None = None, source: dict | None = None) -> TrainConfig:
+            base: TrainConfig | None = None, source: dict | None = None,
+            source_classes: int | None = None) -> TrainConfig:
     """defaults (or base) < preset < source < file < overrides (None values are ignored).
 
-    preset "auto" picks "finetune" when the run starts from a model (`init`), else "cpu" or
-    "tutorial" by the device the run will use; on a GPU it also passes a small training set
-    over several times an epoch (AUTO_GPU_EPOCH_IMAGES). `source`: what the model to start
-    from says of the run (its network and image size: train.source)."""
+    preset "auto" picks "cpu" or "tutorial" by the device the run will use; on a GPU it also
+    passes a small training set over several times an epoch (AUTO_GPU_EPOCH_IMAGES). When the
+    run starts from a model (`init`) it picks by the source's classes (`source_classes`:
+    start_preset). `source`: what the model to start from says of the run (its network and
+    image size: train.source)."""
     values = (base or TrainConfig()).to_dict()
     auto = preset == "auto"
-    if auto and overrides.get("init"):
-        preset = "finetune"
-    elif preset == "finetune" and not overrides.get("init"):
+    if preset == "finetune" and not overrides.get("init"):
         raise UserError("--preset finetune starts from a model: give --init SOURCE (an imgcls "
                         "run, or a torchvision/timm weights file)")
-    if auto and preset == "auto":
+    if auto:
         device = overrides.get("device") or values.get("device") or "auto"
         if config_file:
             device = overrides.get("device") or load_file(config_file).get("device") or device
-        preset, _ = auto_preset(device)
+        preset, _ = (start_preset(source_classes, device) if overrides.get("init")
+                     else auto_preset(device))
     if preset:
         if preset not in PRESETS:
             raise UserError(f"unknown preset {preset!r}; choose one of auto, {', '.join(PRESETS)}")

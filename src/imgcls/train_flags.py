@@ -136,8 +136,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     h.add_argument("--sync-bn", dest="sync_bn", action=argparse.BooleanOptionalAction, default=None,
                    help="synchronise BatchNorm across DDP ranks")
     p.add_argument("--preset", choices=["auto", *sorted(PRESETS)],
-                   help="tutorial, cpu, finetune, or auto (default: finetune with --init, else "
-                        "cpu without a GPU, tutorial with one)")
+                   help="tutorial, cpu, finetune, or auto (default: cpu without a GPU, "
+                        "tutorial with one; with --init from a source of 100 classes or "
+                        "more, finetune)")
     p.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file")
 
 

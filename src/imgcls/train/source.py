@@ -46,6 +46,15 @@ class Source:
     image_size: int | None  # the source's training resolution (px), where it says
     class_names: list[str] | None  # an imgcls source's classes
 
+    @property
+    def classes(self) -> int | None:
+        """How many classes the source tells apart: its class names, else its head's rows
+        (a torchvision/timm file's `fc`); None where neither says."""
+        if self.class_names:
+            return len(self.class_names)
+        head = self.tensors.get("fc.weight")
+        return int(head.shape[0]) if head is not None and head.ndim == 2 else None
+
     def record(self, loaded: int, total: int) -> dict:
         return {"path": str(self.path), "sha256": self.sha256, "kind": self.kind,
                 "loaded": loaded, "of": total}
