@@ -627,7 +627,7 @@ def test_the_plan_is_sized_to_the_data(data, tmp_path):
     assert planned_epochs(36, 2048, 20_004, 0.25) == 20
     assert planned_epochs(36, 2048, 2_000, 0.25) == 36 == planned_epochs(36, 2048, 20_004, 0)
     cpu = resolve({}, "cpu")
-    assert planned_epochs(cpu.epochs, cpu.epoch_images, 20_004, cpu.epochs_shrink) == 26
+    assert planned_epochs(cpu.epochs, cpu.epoch_images, 20_004, cpu.epochs_shrink) == 18
     assert resolve({"epochs": 10}, "cpu").epochs_shrink == 0  # epochs asked for are trained
     # Through train: 38 training photos, epochs "for" 8 images, shrink 0.5 -> 4 * (8/38)**0.5.
     res = cli("train", data, "--out", tmp_path / "run", "--epochs", "4", "--epoch-images", "8",
