@@ -128,12 +128,13 @@ PRESETS: dict[str, dict] = {
         "warmup_epochs": 2, "label_smoothing": 0.1, "flip": True, "rotation": 0.05,
         "zoom": 0.15, "translate": 0.1, "brightness": 0.1, "contrast": 0.1, "tta": True,
     },
-    # Starting from a model (--init; what --preset auto picks then): the head alone for two
-    # epochs, then everything, each earlier layer group at 0.7x the next one's rate (the stem
-    # at 1/6 of the head's), with the cpu preset's regularisation (mixup on small folders,
-    # zoom); the network and image size are the source's. A first version (0.4x, no mixup or
-    # zoom, 1,024-image epochs) overfit small flower folders from a Cats vs Dogs model: 6
-    # points below scratch; this one is level with it there (bench/finetune.py, BENCHMARKS.md).
+    # Starting from a model (--init; what --preset auto picks for a source of many classes,
+    # start_preset): the head alone for two epochs, then everything, each earlier layer group
+    # at 0.7x the next one's rate (the stem at 1/6 of the head's), with the cpu preset's
+    # regularisation (mixup on small folders, zoom); the network and image size are the
+    # source's. A first version (0.4x, no mixup or zoom, 1,024-image epochs) overfit small
+    # flower folders from a Cats vs Dogs model: 6 points below scratch; this one is level with
+    # it there (bench/finetune.py, BENCHMARKS.md).
     "finetune": {
         "batch_size": 32, "epochs": 15, "epoch_images": 2048, "mixup": -1,
         "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine-floor",
