@@ -4,13 +4,12 @@ collapsed run and stays quiet on a healthy one."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import images
 import numpy as np
 import torch
 import torch.nn as nn
+from clirun import run as cli
 
 from imgcls.train.bnstats import collapse_warning, recalibrate
 from imgcls.train.distributed import World
@@ -57,10 +56,9 @@ def test_collapse_warning_rules():
 
 
 def _train(data, run, *extra):
-    return subprocess.run([sys.executable, "-m", "imgcls", "train", str(data), "--out", str(run),
-                           "--preset", "tutorial", "--model", "xception-tiny", "--image-size", "32", "--batch-size", "8",
-                           "--lr", "3e-3", "--seed", "3", "--threads", "2", "--epochs", "4", *extra],
-                          capture_output=True, text=True, timeout=300)
+    return cli("train", data, "--out", run, "--preset", "tutorial", "--model", "xception-tiny",
+               "--image-size", "32", "--batch-size", "8", "--lr", "3e-3", "--seed", "3",
+               "--threads", "2", "--epochs", "4", *extra)
 
 
 def test_a_collapsed_run_is_named_and_recalibration_prevents_it(tmp_path):

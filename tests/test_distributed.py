@@ -15,6 +15,7 @@ from pathlib import Path
 import images
 import pytest
 import torch
+from clirun import run as cli
 
 from imgcls.checkpoint import load_checkpoint
 
@@ -56,9 +57,8 @@ def popen_ranks(*args):
 
 
 def single(*args):
-    return subprocess.run([sys.executable, "-m", "imgcls", "train", "--preset", "tutorial",
-                           *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    """One process: this one (clirun)."""
+    return cli("train", "--preset", "tutorial", *args)
 
 
 def test_two_ranks_match_one_process(setup, tmp_path):
@@ -170,7 +170,7 @@ def test_time_limit_stops_every_rank_together(setup, tmp_path):
 def test_a_run_folder_that_holds_a_run_stops_every_rank(setup, tmp_path):
     data, cfg = setup
     run = tmp_path / "run"
-    assert torchrun(2, data, "--out", run, "--config", cfg, "--epochs", "1").returncode == 0
+    assert single(data, "--out", run, "--config", cfg, "--epochs", "1").returncode == 0
     proc = popen_ranks(data, "--out", run, "--config", cfg)
     out, err = _ranks_exit_within(proc, 60)
     assert proc.returncode != 0

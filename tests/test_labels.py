@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import images
 import pytest
+from clirun import run as cli
 
 from imgcls.cli import main
 from imgcls.data.scan import ScanOptions, scan
 from imgcls.errors import UserError
+
+TINY = ["--preset", "tutorial", "--model", "xception-tiny", "--image-size", "32"]
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 KAGGLE = r"name:^(cat|dog)\."
@@ -57,11 +58,9 @@ def test_train_resume_and_evaluate_with_labels_from_names(flat, tmp_path):
     run = tmp_path / "run"
     images.train_tiny(flat, run, "--epochs", "1", "--labels", KAGGLE)
     assert json.loads((run / "config.json").read_text())["labels"] == KAGGLE
-    res = subprocess.run([sys.executable, "-m", "imgcls", "train", "--resume", str(run),
-                          "--epochs", "2"], capture_output=True, text=True, timeout=300)
+    res = cli("train", "--resume", run, "--epochs", "2")
     assert res.returncode == 0, res.stderr
-    res = subprocess.run([sys.executable, "-m", "imgcls", "evaluate", str(run), "--json",
-                          "--no-figures"], capture_output=True, text=True, timeout=300)
+    res = cli("evaluate", run, "--json", "--no-figures")
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     assert report["class_names"] == ["cat", "dog"]
@@ -131,11 +130,8 @@ def test_csv_paths_are_resolved_and_those_leaving_the_folder_refused(tmp_path, c
 def test_train_prints_what_scan_reports_about_labels(flat, tmp_path):
     """Old main: train said nothing of unlabelled files, bad rows or listed-twice files."""
     images.jpeg(flat / "Cat.7.jpg", seed=7)  # a capital: the rule does not match it
-    res = subprocess.run([sys.executable, "-m", "imgcls", "train", str(flat), "--out",
-                          str(tmp_path / "run"), "--labels", KAGGLE, "--epochs", "1",
-                          "--preset", "tutorial", "--model", "xception-tiny", "--image-size",
-                          "32", "--batch-size", "8"], capture_output=True, text=True,
-                         timeout=300)
+    res = cli("train", flat, "--out", tmp_path / "run", "--labels", KAGGLE, "--epochs", "1",
+              *TINY, "--batch-size", "8")
     assert res.returncode == 0, res.stderr
     assert "file names without a label: Cat.7.jpg, unknown.jpg" in res.stderr
     root = tmp_path / "data"
@@ -145,11 +141,8 @@ def test_train_prints_what_scan_reports_about_labels(flat, tmp_path):
     rows = ["path,label"] + [f"a{i}.jpg,ant" for i in range(6)] + \
         [f"b{i}.jpg,bee" for i in range(6)] + ["a0.jpg,bee", "gone.jpg,ant"]
     (tmp_path / "l.csv").write_text("\n".join(rows) + "\n")
-    res = subprocess.run([sys.executable, "-m", "imgcls", "train", str(root), "--out",
-                          str(tmp_path / "run2"), "--labels", f"csv:{tmp_path / 'l.csv'}",
-                          "--epochs", "1", "--preset", "tutorial", "--model", "xception-tiny",
-                          "--image-size", "32", "--batch-size", "4"], capture_output=True,
-                         text=True, timeout=300)
+    res = cli("train", root, "--out", tmp_path / "run2", "--labels", f"csv:{tmp_path / 'l.csv'}",
+              "--epochs", "1", *TINY, "--batch-size", "4")
     assert res.returncode == 0, res.stderr
     assert "1 rows naming missing files: line 15: gone.jpg" in res.stderr
     assert "1 files listed twice with different labels: a0.jpg (ant, bee)" in res.stderr
@@ -162,11 +155,8 @@ def test_classes_that_differ_only_in_case_are_named(tmp_path):
         images.jpeg(root / f"cat.{i}.jpg", seed=i)
         images.jpeg(root / f"dog.{i}.jpg", seed=50 + i)
     images.jpeg(root / "Cat.9.jpg", seed=9)
-    res = subprocess.run([sys.executable, "-m", "imgcls", "train", str(root), "--out",
-                          str(tmp_path / "run"), "--labels", r"name:^([A-Za-z]+)\.", "--epochs",
-                          "1", "--preset", "tutorial", "--model", "xception-tiny",
-                          "--image-size", "32", "--batch-size", "4"], capture_output=True,
-                         text=True, timeout=300)
+    res = cli("train", root, "--out", tmp_path / "run", "--labels", r"name:^([A-Za-z]+)\.",
+              "--epochs", "1", *TINY, "--batch-size", "4")
     assert "classes 'Cat' and 'cat' differ only in case" in res.stderr
     assert "Cat (1) has fewer than the 5 photos" in res.stderr
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
 
 import images
 import numpy as np
 import pytest
 import torch
+from clirun import run as cli
 
 from imgcls.checkpoint import epoch_path, load_checkpoint
 from imgcls.errors import UserError
@@ -21,11 +20,6 @@ from imgcls.train.source import load_into, read_source
 
 TINY = ["--image-size", "32", "--batch-size", "8", "--threads", "2", "--seed", "3",
         "--epoch-images", "64"]
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "imgcls", *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

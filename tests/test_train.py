@@ -15,6 +15,7 @@ from pathlib import Path
 import images
 import pytest
 import torch
+from clirun import run as cli
 
 from imgcls.checkpoint import load_checkpoint
 from imgcls.cli import main
@@ -28,7 +29,9 @@ def data(tmp_path_factory):
     return images.two_class_tree(tmp_path_factory.mktemp("train") / "data", 24, 40)
 
 
-def cli(*args, timeout=300):
+def process(*args, timeout=300):
+    """`python -m imgcls` in a process of its own: for runs compared bit for bit with
+    another process's, and beside kills and signals (`cli` runs in this process)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "imgcls", *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=timeout)
@@ -67,7 +70,7 @@ def test_training_learns_and_writes_the_run_folder(data, tmp_path, capsys):
 
 def test_killed_run_resumes_to_bit_identical_weights(data, tmp_path):
     ref = tmp_path / "ref"
-    assert cli("train", data, "--out", ref, "--epochs", "5", *TINY).returncode == 0
+    assert process("train", data, "--out", ref, "--epochs", "5", *TINY).returncode == 0
 
     run = tmp_path / "run"
     env = dict(os.environ)
@@ -81,7 +84,7 @@ def test_killed_run_resumes_to_bit_identical_weights(data, tmp_path):
     proc.wait()
     done = len(list((run / "checkpoints").glob("epoch_*.safetensors")))
     assert 2 <= done < 5, "the kill came too late to test anything"
-    res = cli("train", "--resume", run)
+    res = process("train", "--resume", run)
     assert res.returncode == 0, res.stderr
     assert f"epoch {done + 1}" in res.stdout
     assert same_weights(ref / "last.safetensors", run / "last.safetensors")
@@ -97,7 +100,7 @@ def test_sigint_saves_a_resumable_checkpoint_mid_epoch(data, tmp_path):
     slow = ["--epochs", "3", "--batch-size", "2", "--image-size", "64", "--threads", "1",
             *TINY[:2], *TINY[6:8], *TINY[10:]]
     ref = tmp_path / "ref"
-    assert cli("train", data, "--out", ref, *slow).returncode == 0
+    assert process("train", data, "--out", ref, *slow).returncode == 0
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "imgcls", "train", str(data), "--out", str(run),
                              *slow], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -112,7 +115,7 @@ def test_sigint_saves_a_resumable_checkpoint_mid_epoch(data, tmp_path):
     assert "Traceback" not in err and "Resume with: imgcls train --resume" in out
     last = load_checkpoint(run / "last.safetensors")
     assert last.resumable and last.meta["epoch"] == 1 and last.meta["step"] > 0, last.meta
-    res = cli("train", "--resume", run)
+    res = process("train", "--resume", run)
     assert res.returncode == 0, res.stderr
     assert same_weights(ref / "last.safetensors", run / "last.safetensors")
     # The interrupted epoch's loss and accuracy cover all its steps, not only those after
