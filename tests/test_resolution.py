@@ -15,7 +15,7 @@ import imgcls
 from imgcls.config import TrainConfig
 from imgcls.data.augment import resize_batch
 from imgcls.train.epoch import epochs_that_fit
-from imgcls.train.resolution import epoch_cost, epoch_size, full_epochs, ramp_line
+from imgcls.train.resolution import Pace, epoch_cost, epoch_size, full_epochs, ramp_line
 
 
 def test_the_plan_rises_from_low_res_to_the_full_size_and_stays():
@@ -52,10 +52,32 @@ def test_a_time_limit_counts_the_cheaper_small_epochs():
     10 more."""
     plain = TrainConfig(image_size=128, epochs=40, time_limit=20, schedule="cosine")
     ramp = plain.replace(low_res=0.5, low_res_until=0.75)
-    state = types.SimpleNamespace(paces=[60.0], epoch=0, epochs=40, min_size=1)
+    state = types.SimpleNamespace(pace=Pace([(128, 60.0)]), epoch=0, epochs=40, min_size=1)
     h = {"seconds": 60.0, "elapsed_s": 600.0}
     assert epochs_that_fit(plain, state, h) == 11
     assert epochs_that_fit(ramp, state, h) > 15
+
+
+def test_the_pace_is_learnt_from_the_sizes_timed():
+    """One size timed: seconds in proportion to the side. Two or more: a + b * size^2, as the
+    AVX2 EPYC's float32 epochs went (135 / 177 / 240 / 392 s at 64 / 80 / 96 / 128 px): its
+    160 px epoch is planned near the ~585 s it takes, not at the side rule's 338 s."""
+    assert Pace().seconds(128) == 0
+    assert Pace([(64, 135.0)]).seconds(128) == pytest.approx(270.0)
+    avx2 = Pace([(64, 135.0), (80, 177.0), (96, 240.0), (128, 392.0)])
+    assert [avx2.seconds(s) for s in (64, 96, 128)] == pytest.approx([135, 240, 392], rel=0.03)
+    assert 560 < avx2.seconds(160) < 610
+    # Two sizes are enough to see it: a 30-minute budget after two epochs plans fewer of the
+    # dear full-size epochs than the side rule (that run fitted 5 in the end).
+    cfg = TrainConfig(image_size=160, epochs=45, low_res=0.4, low_res_until=0.75,
+                      time_limit=30, schedule="cosine")
+    h = {"seconds": 177.0, "elapsed_s": 360.0}
+    by_side, learnt = (types.SimpleNamespace(pace=p, epoch=1, epochs=9, min_size=1)
+                       for p in (Pace([(80, 177.0)]), Pace([(64, 135.0), (80, 177.0)])))
+    assert epochs_that_fit(cfg, learnt, h) < epochs_that_fit(cfg, by_side, h)
+    # A machine that slowed down late is planned at its latest pace, never a faster one.
+    assert Pace([(128, 60.0), (128, 60.0), (128, 120.0)]).seconds(128) == 120.0
+    assert Pace([(64, 10.0), (128, 90.0), (128, 30.0)]).seconds(128) == pytest.approx(60.0)
 
 
 @pytest.fixture(scope="module")

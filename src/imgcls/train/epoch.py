@@ -27,7 +27,7 @@ from imgcls.models import two_logits
 from imgcls.train import distributed as D
 from imgcls.train.optim import group_rate, lr_factor
 from imgcls.train.report import log
-from imgcls.train.resolution import epoch_cost, epoch_size
+from imgcls.train.resolution import epoch_size
 
 if TYPE_CHECKING:
     from imgcls.train.state import StopFlag, TrainState
@@ -109,21 +109,18 @@ def _wide(logits: torch.Tensor) -> torch.Tensor:
 
 def epochs_that_fit(cfg: TrainConfig, state: TrainState, h: dict) -> int:
     """The epochs the learning-rate schedule should run over: under --time-limit with a
-    decaying schedule, as many as the time left allows at this run's pace so far (never more
-    than planned), so the run still ends on the schedule's small final rates instead of
-    being cut at a high one; otherwise the plan."""
+    decaying schedule, as many as the time left allows at this run's pace so far (up to
+    cfg.epochs), so the run still ends on the schedule's small final rates instead of being
+    cut at a high one; otherwise the plan."""
     if not cfg.time_limit or cfg.schedule == "constant":
         return state.epochs
-    # The slower of the typical and the latest epoch: a machine that slows down late (other
-    # work started on it) still ends on the schedule's small rates, not cut above them.
-    paces = state.paces or [h["seconds"]]  # seconds of a full-size epoch (train.resolution)
-    per_epoch = max(float(np.median(paces)), paces[-1])
     left = cfg.time_limit * 60 - h["elapsed_s"]
     # Up to cfg.epochs, not just the current plan: a first epoch slowed by warm-up may have
-    # planned too few. Epochs still below the full size cost less (the current plan's ramp).
+    # planned too few. Epochs still below the full size cost less (the current plan's ramp),
+    # as much less as this run's own epochs have shown (train.resolution.Pace).
     fit, spent = state.epoch + 1, 0.0
     while fit < cfg.epochs:
-        spent += epoch_cost(cfg, fit, state.epochs, state.min_size) * per_epoch
+        spent += state.pace.seconds(epoch_size(cfg, fit, state.epochs, state.min_size))
         if spent > left:
             break
         fit += 1

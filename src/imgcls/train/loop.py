@@ -57,7 +57,7 @@ from imgcls.train.report import (
     stop_everywhere,
     tensorboard,
 )
-from imgcls.train.resolution import SIZE_RECAL, epoch_cost, ramp_line
+from imgcls.train.resolution import SIZE_RECAL, epoch_cost, epoch_size, ramp_line
 from imgcls.train.runfolder import RunLock, RunWriter
 from imgcls.train.state import (
     FitResult,
@@ -282,7 +282,7 @@ def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWr
             _refit_schedule(cfg, state, int(-decision["fit"]), world)
             _save_epoch(cfg, state, h, improved, writer, meta_base, world, device, tb)
             if epoch == first and state.epochs > epoch + 1:
-                log(world, pace_line(cfg, h, epoch + 1, state.epochs, state.min_size),
+                log(world, pace_line(cfg, h, epoch + 1, state.epochs, state.pace, state.min_size),
                     file=sys.stderr)
             if decision["signal"]:
                 result.interrupted = True
@@ -352,7 +352,7 @@ def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_lo
          "images_per_s": out.seen * world.size / max(out.seconds, 1e-9),
          "seconds": out.seconds + time.perf_counter() - t_val,
          "elapsed_s": time.perf_counter() - started}
-    state.paces.append(h["seconds"] / cost)  # a full-size epoch's: the time limit's unit
+    state.pace.add(epoch_size(cfg, state.epoch, state.epochs, state.min_size), h["seconds"])
     warning = collapse_warning(v.pred_counts, v.true_counts, v.accuracy, h["accuracy"],
                                state.class_names, state.epoch + 1)
     if warning:

@@ -8,13 +8,18 @@ the same time, as in fastai's and FFCV's recipes. Sizes are multiples of 16 px, 
 meets only a few shapes (each one a fresh set of oneDNN kernels, or a recompile under
 torch.compile).
 
-What an epoch costs is counted as size / full, not (size / full)^2: a convolution's work
-scales with the pixels, but loading, augmenting and validating do not, and on 2 CPU cores
-epochs at 64 / 80 / 96 / 112 px took 0.45 / 0.57 / 0.76 / 0.92 of a 128 px epoch
-(BENCHMARKS.md). The time limit plans with this cost, so it must not flatter small epochs.
+What an epoch costs before any epoch has been timed is counted as size / full, not (size /
+full)^2: a convolution's work scales with the pixels, but loading, augmenting and validating
+do not, and on the Intel AMX machine (bf16) epochs at 64 / 80 / 96 / 112 px took 0.45 /
+0.57 / 0.76 / 0.92 of a 128 px epoch (BENCHMARKS.md). How the two shares weigh depends on
+the machine, so once a run has timed epochs of two sizes `Pace` learns them (the time limit
+and the pace line plan with it, so it must not flatter small epochs).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from statistics import median
 
 from imgcls.config import TrainConfig
 
@@ -41,6 +46,60 @@ def epoch_size(cfg: TrainConfig, epoch: int, epochs: int, min_size: int = 1) -> 
 def epoch_cost(cfg: TrainConfig, epoch: int, epochs: int, min_size: int = 1) -> float:
     """An epoch's time as a fraction of a full-size epoch's (measured: see above)."""
     return epoch_size(cfg, epoch, epochs, min_size) / cfg.image_size
+
+
+@dataclass
+class Pace:
+    """Seconds an epoch of a given size takes, learnt from the epochs this process ran: the
+    clock of the time limit and of the pace line.
+
+    One size timed: seconds in proportion to the side (epoch_cost's rule). Two or more: t = a
+    + b * size^2 fitted to each size's median epoch (a: what the pixels do not drive,
+    validation at the full size and loading; b: the convolutions, which weigh more on a slow
+    CPU). On the AVX2 EPYC in float32, epochs at 64 / 80 / 96 / 128 px took 135 / 177 / 240 /
+    392 s, which the fit meets within 3%, while the side rule put a 160 px epoch at 338 s
+    instead of about 585, so a 30-minute budget was re-fitted four times (9, 7, 6, 5 epochs).
+    The AMX Xeon's bf16 epochs (0.45 / 0.57 / 0.76 / 0.92 of a 128 px one at 64-112 px) come
+    out 15% dear at 128 px: a plan a little short that grows, the safe side. A machine that
+    slows down late (other work started on it) is planned at its latest pace, never faster."""
+
+    seen: list[tuple[int, float]] = field(default_factory=list)  # (px, seconds) per epoch
+
+    def add(self, size: int, seconds: float) -> None:
+        self.seen.append((size, seconds))
+
+    def seconds(self, size: int) -> float:
+        """Predicted seconds of an epoch at `size` px (0 before any epoch was timed)."""
+        if not self.seen:
+            return 0.0
+        last_size, last = self.seen[-1]
+        model = self._model()
+        slower = max(1.0, last / max(model(last_size), 1e-9))  # the latest epoch's pace
+        return model(size) * slower
+
+    def _model(self):
+        by_size: dict[int, list[float]] = {}
+        for size, t in self.seen:
+            by_size.setdefault(size, []).append(t)
+        points = [(s, median(ts)) for s, ts in sorted(by_size.items())]
+        fit = _fit(points)
+        if fit is not None:
+            a, b = fit
+            return lambda size: a + b * size * size
+        size0, t0 = points[-1]  # the largest size timed
+        return lambda size: t0 * size / size0
+
+
+def _fit(points: list[tuple[int, float]]) -> tuple[float, float] | None:
+    """Least squares t = a + b * size^2 over (size, seconds): (a, b), or None for fewer than
+    two sizes or a fit that is not a cost (a < 0, b <= 0)."""
+    if len(points) < 2:
+        return None
+    xs, ys = [s * s for s, _ in points], [t for _, t in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    a = my - b * mx
+    return (a, b) if b > 0 and a >= 0 else None
 
 
 def full_epochs(cfg: TrainConfig, start: int, end: int, epochs: int, min_size: int = 1) -> float:

@@ -41,6 +41,7 @@ from imgcls.train.optim import (
 )
 from imgcls.train.prepare import TrainData
 from imgcls.train.report import log
+from imgcls.train.resolution import Pace
 
 
 @dataclass
@@ -110,7 +111,7 @@ class TrainState:
     class_names: list[str] = field(default_factory=list)
     warned_collapse: bool = False
     epochs: int = 0  # epochs the schedule runs over: cfg.epochs, or fewer under --time-limit
-    paces: list[float] = field(default_factory=list)  # seconds of each epoch this process ran
+    pace: Pace = field(default_factory=Pace)  # this process's epochs, timed by size
     mixup: float = 0.0  # the alpha in use (cfg.mixup resolved for the data size)
     dtype: torch.dtype = torch.float32  # of the weights and the inputs (float64: --amp fp64)
     started: float = 0.0  # perf_counter() at which the run, earlier sessions included, began
