@@ -7,7 +7,7 @@ import images
 import numpy as np
 import pytest
 
-from imgcls.runtime import cpu_native_bf16, precision_for
+from imgcls.runtime import cpu_native_bf16, interactive, precision_for
 
 
 def test_precision_follows_the_capability():
@@ -71,3 +71,15 @@ def test_bf16_predictions_agree_with_float32_on_real_photos(tmp_path, catsdogs):
     assert np.abs(a - b).max() <= 0.03, np.abs(a - b).max()
     clear = np.abs(a[:, 0] - 0.5) > 0.03
     assert (a.argmax(1) == b.argmax(1))[clear].all()
+
+
+def test_progress_bars_need_a_terminal_or_a_running_kernel(monkeypatch):
+    """Old code showed bars whenever ipykernel had been imported: in a program or a test run
+    writing to a pipe, that put tqdm's lines among the one-line errors on stderr."""
+    IPython = pytest.importorskip("IPython")
+    pytest.importorskip("ipykernel")  # imported, as a notebook tool's dependencies do
+    assert not interactive()  # pytest's stderr is no terminal, and no kernel runs here
+    kernel = type("Shell", (), {"config": {"IPKernelApp": {"connection_file": "k.json"}}})()
+    monkeypatch.setattr(IPython, "get_ipython", lambda: kernel)
+    assert interactive()
+

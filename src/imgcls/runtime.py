@@ -34,8 +34,14 @@ def keep_freed_memory() -> bool:
 
 def interactive() -> bool:
     """Whether progress bars help: a terminal, or a Jupyter kernel (its stderr is no tty).
-    Logs and CI get plain lines."""
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
+    Logs and CI get plain lines. A kernel is asked for, not guessed from an imported module:
+    a program (or a test run) that imported ipykernel without running in one writes to a
+    pipe or a file, where bars are noise."""
+    if sys.stderr.isatty():
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
 def cpu_threads() -> int:
