@@ -61,7 +61,7 @@ def test_a_time_limit_counts_the_cheaper_small_epochs():
 def test_the_pace_is_learnt_from_the_sizes_timed():
     """One size timed: seconds in proportion to the side. Two or more: a + b * size^2, as the
     AVX2 EPYC's float32 epochs went (135 / 177 / 240 / 392 s at 64 / 80 / 96 / 128 px): its
-    160 px epoch is planned near the ~585 s it takes, not at the side rule's 338 s."""
+    160 px epoch is planned near the 557 s it took, not at the side rule's 338 s."""
     assert Pace().seconds(128) == 0
     assert Pace([(64, 135.0)]).seconds(128) == pytest.approx(270.0)
     avx2 = Pace([(64, 135.0), (80, 177.0), (96, 240.0), (128, 392.0)])

@@ -57,8 +57,9 @@ class Pace:
     + b * size^2 fitted to each size's median epoch (a: what the pixels do not drive,
     validation at the full size and loading; b: the convolutions, which weigh more on a slow
     CPU). On the AVX2 EPYC in float32, epochs at 64 / 80 / 96 / 128 px took 135 / 177 / 240 /
-    392 s, which the fit meets within 3%, while the side rule put a 160 px epoch at 338 s
-    instead of about 585, so a 30-minute budget was re-fitted four times (9, 7, 6, 5 epochs).
+    392 s, which the fit meets within 3% (and puts 160 px at 587 s: it took 557), while the
+    side rule put a 160 px epoch at 338 s, so a 30-minute budget was re-fitted four times
+    (9, 7, 6, 5 epochs).
     The AMX Xeon's bf16 epochs (0.45 / 0.57 / 0.76 / 0.92 of a 128 px one at 64-112 px) come
     out 15% dear at 128 px: a plan a little short that grows, the safe side. A machine that
     slows down late (other work started on it) is planned at its latest pace, never faster."""
