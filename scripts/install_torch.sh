@@ -3,8 +3,8 @@
 #   - an NVIDIA GPU answers nvidia-smi -> PyPI's default Linux wheel, which is a CUDA build;
 #   - otherwise the CPU build, from PyTorch's CPU index. Its "+cpu" local version sorts above
 #     PyPI's CUDA wheel of the same release, so pip never picks the multi-GB CUDA build.
-#     Where a CPU wheel lies on local disk (pip's find-links, as on our CI machine) it is
-#     installed with --no-index first, and the CPU index is never asked.
+#     Where a CPU wheel lies on local disk (pip's find-links, as on our CI machine) it is used
+#     and the CPU index is never reached.
 # A torch that is already importable is kept as it is (a GPU user's own CUDA build, say).
 # Override the release with TORCH_VERSION=..., or the whole requirement with TORCH_SPEC=...
 set -euo pipefail
@@ -20,9 +20,6 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   "$PY" -m pip install "$TORCH_SPEC"
 else
   echo "install_torch: no NVIDIA GPU: installing the CPU build ($TORCH_SPEC)"
-  # A wheel on local disk (pip's find-links) needs no index: tried first, so a machine that
-  # cannot reach PyTorch's index does not wait out pip's retries for every dependency.
-  "$PY" -m pip install -q --no-index "$TORCH_SPEC" 2>/dev/null \
-    || "$PY" -m pip install "$TORCH_SPEC" --extra-index-url https://download.pytorch.org/whl/cpu
+  "$PY" -m pip install "$TORCH_SPEC" --extra-index-url https://download.pytorch.org/whl/cpu
 fi
 "$PY" -c 'import torch; print("install_torch: torch", torch.__version__, "cuda" if torch.version.cuda else "cpu")'
