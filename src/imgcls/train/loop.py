@@ -57,7 +57,7 @@ from imgcls.train.report import (
     stop_everywhere,
     tensorboard,
 )
-from imgcls.train.resolution import SIZE_RECAL, epoch_cost, epoch_size, ramp_line
+from imgcls.train.resolution import SIZE_RECAL, epoch_size, ramp_line
 from imgcls.train.runfolder import RunLock, RunWriter
 from imgcls.train.state import (
     FitResult,
@@ -335,9 +335,9 @@ def _seed_epoch(state: TrainState, cfg: TrainConfig, world: D.World, device: tor
 def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_loader,
                   world: D.World, device: torch.device, started: float) -> dict:
     """Reduce the epoch's sums, validate, and return its metrics line."""
-    t_val, cost = time.perf_counter(), epoch_cost(cfg, state.epoch, state.epochs, state.min_size)
+    t_val, size = time.perf_counter(), epoch_size(cfg, state.epoch, state.epochs, state.min_size)
     D.all_sum(world, out.sums)
-    if state.recal_loader is not None and (state.recal_every or cost < 1):
+    if state.recal_loader is not None and (state.recal_every or size < cfg.image_size):
         state.recal_loader.set_epoch(state.epoch)
         recalibrate(state.model, state.recal_loader, cfg.bn_recalibrate if state.recal_every
                     else min(cfg.bn_recalibrate, SIZE_RECAL), state.micro, state.autocast, world)
@@ -352,7 +352,7 @@ def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_lo
          "images_per_s": out.seen * world.size / max(out.seconds, 1e-9),
          "seconds": out.seconds + time.perf_counter() - t_val,
          "elapsed_s": time.perf_counter() - started}
-    state.pace.add(epoch_size(cfg, state.epoch, state.epochs, state.min_size), h["seconds"])
+    state.pace.add(size, h["seconds"])
     warning = collapse_warning(v.pred_counts, v.true_counts, v.accuracy, h["accuracy"],
                                state.class_names, state.epoch + 1)
     if warning:

@@ -13,7 +13,7 @@ from imgcls.config import TrainConfig
 from imgcls.errors import PeerError, UserError
 from imgcls.logs import NOTE
 from imgcls.train import distributed as D
-from imgcls.train.resolution import Pace, epoch_size
+from imgcls.train.resolution import Pace
 
 logger = logging.getLogger(__name__)
 
@@ -61,17 +61,14 @@ def pace_line(cfg: TrainConfig, h: dict, done: int, planned: int, pace: Pace,
               min_size: int = 1) -> str:
     """After a session's first epoch: how long the whole run takes at this pace, and what
     --time-limit gives up (or would give)."""
-    def seconds(start: int, end: int, epochs: int) -> float:
-        return sum(pace.seconds(epoch_size(cfg, e, epochs, min_size)) for e in range(start, end))
-
     per_full = pace.seconds(cfg.image_size)
-    left = seconds(done, planned, planned)
+    left = pace.plan_seconds(cfg, done, planned, planned, min_size)
     total = h["elapsed_s"] + left
     unit = "a full-size epoch" if cfg.low_res else "an epoch"
     line = (f"imgcls: note: at this pace ({per_full:.0f} s {unit}) the run's "
             f"{planned} epochs take about {_minutes(total)} in all, {_minutes(left)} from now")
     if cfg.time_limit and planned < cfg.epochs:
-        every = h["elapsed_s"] + seconds(done, cfg.epochs, cfg.epochs)
+        every = h["elapsed_s"] + pace.plan_seconds(cfg, done, cfg.epochs, cfg.epochs, min_size)
         line += (f"; --time-limit {cfg.time_limit:g} fits {planned} of its {cfg.epochs} "
                  f"epochs (all {cfg.epochs}: about {_minutes(every)})")
     elif not cfg.time_limit:

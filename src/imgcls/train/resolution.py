@@ -78,6 +78,11 @@ class Pace:
         slower = max(1.0, last / max(model(last_size), 1e-9))  # the latest epoch's pace
         return model(size) * slower
 
+    def plan_seconds(self, cfg: TrainConfig, start: int, end: int, epochs: int,
+                     min_size: int = 1) -> float:
+        """Predicted seconds of epochs start..end-1 of a plan of `epochs`."""
+        return sum(self.seconds(epoch_size(cfg, e, epochs, min_size)) for e in range(start, end))
+
     def _model(self):
         by_size: dict[int, list[float]] = {}
         for size, t in self.seen:
