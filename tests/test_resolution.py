@@ -15,6 +15,7 @@ import imgcls
 from imgcls.config import TrainConfig
 from imgcls.data.augment import resize_batch
 from imgcls.train.epoch import epochs_that_fit
+from imgcls.train.report import pace_note
 from imgcls.train.resolution import Pace, epoch_cost, epoch_size, full_epochs, ramp_line
 
 
@@ -78,6 +79,30 @@ def test_the_pace_is_learnt_from_the_sizes_timed():
     # A machine that slowed down late is planned at its latest pace, never a faster one.
     assert Pace([(128, 60.0), (128, 60.0), (128, 120.0)]).seconds(128) == 120.0
     assert Pace([(64, 10.0), (128, 90.0), (128, 30.0)]).seconds(128) == pytest.approx(60.0)
+
+
+def test_the_run_length_is_said_again_when_larger_epochs_change_it():
+    """The AVX2 EPYC's 18-epoch float32 plan: after epoch 1 (64 px) the side rule puts the
+    run near 70 minutes; once an 80 px epoch is timed the run is said again, longer (it took
+    nearer two hours); an epoch that changes the length little says nothing."""
+    cfg = TrainConfig(image_size=160, epochs=18, low_res=0.4, low_res_until=0.75)
+    sizes = [epoch_size(cfg, e, 18) for e in range(18)]
+    assert sizes[:3] == [64, 64, 80]
+    pace, said, lines = Pace(), 0.0, []
+    for epoch, seconds in enumerate((135.0, 135.0, 177.0)):
+        pace.add(sizes[epoch], seconds)
+        h = {"epoch": epoch + 1, "elapsed_s": 40.0 + sum(t for _, t in pace.seen)}
+        line, said = pace_note(cfg, h, epoch == 0, 18, pace, said)
+        lines.append((line, said))
+    (first, said1), (second, said2), (third, said3) = lines
+    assert "at this pace" in first and 50 * 60 < said1 < 80 * 60
+    assert second == "" and said2 == said1  # the same size again: the same estimate
+    assert "revised" in third and said3 > 1.3 * said1
+    assert f"about {said1 / 60:.0f} min" in third  # what it said before
+    # Under --time-limit the re-fitted schedule says it; the last epoch says nothing.
+    limited = cfg.replace(time_limit=30)
+    assert pace_note(limited, {"epoch": 3, "elapsed_s": 487.0}, False, 18, pace, said1)[0] == ""
+    assert pace_note(cfg, {"epoch": 18, "elapsed_s": 487.0}, True, 18, pace, 0.0)[0] == ""
 
 
 @pytest.fixture(scope="module")

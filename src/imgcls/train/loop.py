@@ -51,7 +51,7 @@ from imgcls.train.report import (
     cpu_hint,
     epoch_line,
     log,
-    pace_line,
+    pace_note,
     precision_line,
     progress_bar,
     stop_everywhere,
@@ -281,9 +281,10 @@ def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWr
                     cfg, (epoch + 1) * state.steps, state.steps, run, last_saved))
             _refit_schedule(cfg, state, int(-decision["fit"]), world)
             _save_epoch(cfg, state, h, improved, writer, meta_base, world, device, tb)
-            if epoch == first and state.epochs > epoch + 1:
-                log(world, pace_line(cfg, h, epoch + 1, state.epochs, state.pace, state.min_size),
-                    file=sys.stderr)
+            line, state.said_seconds = pace_note(cfg, h, epoch == first, state.epochs,
+                                                 state.pace, state.said_seconds, state.min_size)
+            if line:
+                log(world, line, file=sys.stderr)
             if decision["signal"]:
                 result.interrupted = True
                 log(world, f"Stopped after epoch {epoch + 1}. Resume with: "
