@@ -143,6 +143,23 @@ def test_unrelated_or_unsafe_sources_are_refused_in_one_line(tmp_path, three):
     assert res.returncode == 2 and "give --init SOURCE" in res.stderr
 
 
+def test_a_damaged_source_is_refused_before_it_trains(tmp_path, three):
+    """NaN in a weight trained to NaN and was blamed on the learning rate; an infinite
+    BatchNorm variance trained without error into a model answering one class."""
+    for name, key, value in (("nan.pth", "layer1.0.conv1.weight", float("nan")),
+                             ("inf.pth", "bn1.running_var", float("inf")),
+                             ("neg.pth", "layer2.0.bn1.running_var", -1.0)):
+        sd = create_model(ModelConfig("resnet18", 1000)).state_dict()
+        sd[key].view(-1)[0] = value
+        torch.save(sd, tmp_path / name)
+        res = cli("train", three, "--init", tmp_path / name, "--out", tmp_path / f"r-{name}",
+                  *TINY)
+        err = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(err) == 1, (name, res.stderr)
+        assert f"({key})" in err[0] and "damaged or diverged model" in err[0]
+        assert not (tmp_path / f"r-{name}").exists()
+
+
 def test_resume_keeps_the_source(source_run, three, tmp_path):
     run = tmp_path / "run"
     res = cli("train", three, "--init", source_run, "--out", run, "--epochs", "2",

@@ -175,6 +175,7 @@ def load_into(model: nn.Module, src: Source, class_names: list[str]) -> tuple[di
                         f"being trained ({shared} of its {len(backbone)} backbone tensors match "
                         f"by name and shape{'; the source is a ' + src.model if src.model else ''}"
                         "; --model to choose the network the source was made for)")
+    _refuse_damaged(src, take)
     with torch.no_grad():
         for k, v in take.items():
             own[k].copy_(v.to(own[k].dtype))
@@ -192,6 +193,18 @@ def load_into(model: nn.Module, src: Source, class_names: list[str]) -> tuple[di
     line = f"Starting from {display(src.path)} ({src.kind}, sha256 {src.sha256[:12]}): " + \
         "; ".join(parts)
     return src.record(len(take), len(own)), line
+
+
+def _refuse_damaged(src: Source, take: dict[str, torch.Tensor]) -> None:
+    """A NaN or infinity in a weight, or a negative BatchNorm variance, is a damaged or
+    diverged model: started from, it trains to NaN (and the run would blame the learning
+    rate) or answers one class for every photo (an infinite running variance never decays)."""
+    bad = [k for k, v in take.items() if v.is_floating_point() and (
+        not torch.isfinite(v).all() or (k.endswith("running_var") and bool((v < 0).any())))]
+    if bad:
+        raise UserError(f"--init {display(src.path)}: {len(bad)} of its tensors hold NaN, "
+                        f"infinite or negative-variance values ({_few(bad)}): a damaged or "
+                        "diverged model; start from another one")
 
 
 def _few(names: list[str], n: int = 4) -> str:
