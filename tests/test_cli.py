@@ -42,6 +42,18 @@ def test_help_texts_are_true(capsys):
     assert "94.30% cat" in out and "%%" not in out
     assert main(["summary", "--list"]) == 0
     assert "xception" in capsys.readouterr().out.split()
+    # train's help quotes the defaults and the presets' values as they are (it said the cpu
+    # preset's epochs-shrink was 0.25 after the preset moved to 0.40).
+    from imgcls.config import PRESETS, TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    cpu, base = PRESETS["cpu"], TrainConfig()
+    for text in (f"cpu preset {cpu['epochs_shrink']:g};", f"cpu preset {cpu['epoch_images']})",
+                 f"(default {base.image_size})", f"(default {base.batch_size};",
+                 f"finetune: {PRESETS['finetune']['layer_lr_decay']:g})"):
+        assert text in out, text
 
 
 def test_predict_names_every_file_when_several_were_asked(trained, tmp_path, capsys):

@@ -40,82 +40,118 @@ def mixup_alpha(text: str) -> float:
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
-    from imgcls.config import CHOICES, PRESETS
+    from imgcls.config import PRESETS, TrainConfig
 
-    d = p.add_argument_group("data")
+    # Defaults and recipe values in the help come from where they are set, so they cannot
+    # go stale when a preset is re-measured (the cpu preset's epochs-shrink once did).
+    base, cpu, ft = TrainConfig(), PRESETS["cpu"], PRESETS["finetune"]
+    _data_options(p.add_argument_group("data"), base)
+    _model_options(p.add_argument_group("model and optimisation"), base, cpu, ft)
+    _augment_options(p.add_argument_group("augmentation"), base)
+    _run_options(p.add_argument_group("run control"), base)
+    _hardware_options(p.add_argument_group("hardware"))
+    p.add_argument("--preset", choices=["auto", *sorted(PRESETS)],
+                   help="tutorial, cpu, finetune, or auto (default: cpu without a GPU, "
+                        "tutorial with one; with --init from a source of 100 classes or "
+                        "more, finetune)")
+    p.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file")
+
+
+def _data_options(d, base) -> None:
+    from imgcls.config import CHOICES
+
     d.add_argument("--val-dir", dest="val_dir", metavar="DIR",
                    help="validation folder (one sub-folder per class) instead of a split")
     d.add_argument("--val-split", dest="val_split", type=float, metavar="F",
-                   help="fraction held out for validation, between 0 and 1 (default 0.2)")
-    d.add_argument("--split", choices=CHOICES["split"], help="split method (default stratified)")
+                   help=f"fraction held out for validation, between 0 and 1 (default "
+                        f"{base.val_split:g})")
+    d.add_argument("--split", choices=CHOICES["split"], help=f"split method (default {base.split})")
     d.add_argument("--image-size", dest="image_size", type=int, metavar="PX",
-                   help="square input size, 1 to 2048 pixels (default 180)")
-    d.add_argument("--resize", choices=CHOICES["resize"], help="default stretch (as Keras)")
+                   help=f"square input size, 1 to 2048 pixels (default {base.image_size})")
+    d.add_argument("--resize", choices=CHOICES["resize"],
+                   help=f"default {base.resize} (as Keras)")
     d.add_argument("--low-res", dest="low_res", type=number(float, 0, 0.99), metavar="F",
                    help="progressive resizing: epoch 1 at F x image-size (default 0 = off)")
     d.add_argument("--low-res-until", dest="low_res_until", type=number(float, 0.01, 1),
-                   metavar="F", help="... rising to the full size by F of the epochs (0.5)")
+                   metavar="F", help=f"... rising to the full size by F of the epochs "
+                                     f"({base.low_res_until:g})")
     d.add_argument("--cache-dir", dest="cache_dir", metavar="DIR")
     d.add_argument("--max-pixels", dest="max_pixels", type=number(int, 0), metavar="N",
                    help="reject images with more pixels than this (0 = no limit of imgcls's "
-                        "own; default 89478485, Pillow's)")
+                        f"own; default {base.max_pixels}, Pillow's)")
     add_labels(d)
     d.add_argument("--max-per-class", dest="max_per_class", type=int, metavar="N",
                    help="train on a seeded sample of at most N photos per class (a quick "
                         "look at a big folder; default 0 = all)")
-    m = p.add_argument_group("model and optimisation")
+
+
+def _model_options(m, base, cpu: dict, ft: dict) -> None:
+    from imgcls.config import ALIASES, CHOICES
+
     m.add_argument("--model", help="network name (`imgcls summary --list`; default: the preset's)")
-    m.add_argument("--epochs", type=int, help="epochs, >= 1 (default 25)")
+    m.add_argument("--epochs", type=int, help=f"epochs, >= 1 (default {base.epochs})")
     m.add_argument("--epoch-images", dest="epoch_images", type=int, metavar="N",
                    help="an epoch shows at least about N images: a smaller set is passed over "
-                        "several times (default 0 = once; cpu preset 2048)")
+                        f"several times (default 0 = once; cpu preset {cpu['epoch_images']})")
     m.add_argument("--epochs-shrink", dest="epochs_shrink", type=number(float, 0, 1),
                    metavar="X", help="N > epoch-images photos train epochs * (epoch-images / "
-                   "N) ** X epochs (default 0 = off; cpu preset 0.25; off with --epochs)")
+                   f"N) ** X epochs (default 0 = off; cpu preset {cpu['epochs_shrink']:g}; off "
+                   "with --epochs)")
     m.add_argument("--batch-size", dest="batch_size", type=int, metavar="N",
                    help="global batch size, >= 2: BatchNorm needs two images a pass "
-                        "(default 128; per rank = global / world size)")
+                        f"(default {base.batch_size}; per rank = global / world size)")
     m.add_argument("--micro-batch", dest="micro_batch", type=int, metavar="N",
                    help="images a forward/backward pass, gradients summed to the batch (0 = "
                         "what fits in memory, the default; else >= 2)")
-    m.add_argument("--optimizer", choices=CHOICES["optimizer"], help="default adam")
-    m.add_argument("--lr", type=float, help="peak learning rate, > 0 (default 3e-4)")
+    m.add_argument("--optimizer", choices=CHOICES["optimizer"], help=f"default {base.optimizer}")
+    lr = f"{base.lr:.0e}".replace("e-0", "e-")  # 3e-4, as people write it
+    m.add_argument("--lr", type=float, help=f"peak learning rate, > 0 (default {lr})")
     m.add_argument("--weight-decay", dest="weight_decay", type=float,
                    help="weight decay, >= 0, on weights only (not biases or normalisation; "
-                        "default 0)")
-    from imgcls.config import ALIASES
-
+                        f"default {base.weight_decay:g})")
     m.add_argument("--schedule", choices=CHOICES["schedule"] + tuple(ALIASES["schedule"]),
                    metavar="{" + ",".join(CHOICES["schedule"]) + "}",
                    help="learning-rate schedule after the warm-up: constant, cosine (to 0) or "
                         "cosine-floor (to 1/1000 of the peak; 'onecycle' is its old name) "
-                        "(default constant)")
+                        f"(default {base.schedule})")
     m.add_argument("--warmup-epochs", dest="warmup_epochs", type=float,
-                   help="linear warm-up, >= 0 epochs (fractions allowed; default 0)")
+                   help="linear warm-up, >= 0 epochs (fractions allowed; default "
+                        f"{base.warmup_epochs:g})")
     m.add_argument("--init", metavar="SOURCE", help="start from a model: an imgcls run or "
                    "checkpoint, or a torchvision/timm ResNet file (.pth, .safetensors)")
     m.add_argument("--freeze-epochs", dest="freeze_epochs", type=number(float, 0),
-                   metavar="N", help="epochs in which only the head learns (finetune: 2)")
+                   metavar="N", help="epochs in which only the head learns (finetune: "
+                                     f"{ft['freeze_epochs']:g})")
     m.add_argument("--layer-lr-decay", dest="layer_lr_decay", type=number(float, 0, 1),
                    metavar="X", help="each layer group's rate is X times the next one's "
-                                     "(default 1; finetune: 0.7)")
+                                     f"(default {base.layer_lr_decay:g}; finetune: "
+                                     f"{ft['layer_lr_decay']:g})")
     m.add_argument("--label-smoothing", dest="label_smoothing", type=float, help="in [0, 1)")
     m.add_argument("--mixup", type=mixup_alpha, metavar="ALPHA",
                    help="blend image pairs and labels, weights from Beta(ALPHA, ALPHA): 0 = off "
                         "(default), or auto (1.0 where a set is passed 4+ times an epoch)")
     m.add_argument("--class-weights", dest="class_weights", choices=CHOICES["class_weights"])
-    a = p.add_argument_group("augmentation")
+
+
+def _augment_options(a, base) -> None:
     a.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="random horizontal flip (default on)")
-    a.add_argument("--rotation", type=float, help="fraction of a full turn, >= 0 (default 0.1)")
-    a.add_argument("--zoom", type=float, help="fraction, >= 0 (default 0 = none)")
-    a.add_argument("--translate", type=float, help="fraction of the side, >= 0 (default 0)")
-    a.add_argument("--brightness", type=float, help="fraction, >= 0 (default 0)")
-    a.add_argument("--contrast", type=float, help="fraction, >= 0 (default 0)")
-    r = p.add_argument_group("run control")
-    r.add_argument("--seed", type=int, help="split, weights and order seed, >= 0 (default 1337)")
+                   help=f"random horizontal flip (default {'on' if base.flip else 'off'})")
+    a.add_argument("--rotation", type=float,
+                   help=f"fraction of a full turn, >= 0 (default {base.rotation:g})")
+    a.add_argument("--zoom", type=float, help=f"fraction, >= 0 (default {base.zoom:g} = none)")
+    a.add_argument("--translate", type=float,
+                   help=f"fraction of the side, >= 0 (default {base.translate:g})")
+    a.add_argument("--brightness", type=float, help=f"fraction, >= 0 (default {base.brightness:g})")
+    a.add_argument("--contrast", type=float, help=f"fraction, >= 0 (default {base.contrast:g})")
+
+
+def _run_options(r, base) -> None:
+    from imgcls.config import CHOICES
+
+    r.add_argument("--seed", type=int,
+                   help=f"split, weights and order seed, >= 0 (default {base.seed})")
     r.add_argument("--monitor", choices=CHOICES["monitor"],
-                   help="metric that picks best.safetensors (default val_accuracy)")
+                   help=f"metric that picks best.safetensors (default {base.monitor})")
     r.add_argument("--patience", type=int,
                    help="early stopping patience in epochs, >= 0 (0 = off, the default)")
     r.add_argument("--keep", type=int, help="epoch checkpoints to keep, >= 0 (0 = all)")
@@ -124,7 +160,11 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--time-limit", dest="time_limit", type=float, metavar="MIN",
                    help="the run's total minutes, resumes included (0 = none, the default): "
                         "the schedule is fitted to the epochs that fit")
-    h = p.add_argument_group("hardware")
+
+
+def _hardware_options(h) -> None:
+    from imgcls.config import CHOICES
+
     h.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     h.add_argument("--amp", choices=CHOICES["amp"],
                    help="mixed precision (default auto: bf16 on CUDA and on CPUs with native "
@@ -135,11 +175,6 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     h.add_argument("--threads", type=number(int, 0), help="CPU threads (default 0 = all cores)")
     h.add_argument("--sync-bn", dest="sync_bn", action=argparse.BooleanOptionalAction, default=None,
                    help="synchronise BatchNorm across DDP ranks")
-    p.add_argument("--preset", choices=["auto", *sorted(PRESETS)],
-                   help="tutorial, cpu, finetune, or auto (default: cpu without a GPU, "
-                        "tutorial with one; with --init from a source of 100 classes or "
-                        "more, finetune)")
-    p.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file")
 
 
 def add_labels(p) -> None:
