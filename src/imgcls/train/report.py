@@ -82,8 +82,8 @@ def pace_note(cfg: TrainConfig, h: dict, first: bool, planned: int, pace: Pace, 
             return "", said
         return (f"imgcls: note: revised: the run's {planned} epochs take about "
                 f"{_minutes(total)} in all, {_minutes(left)} from now (said before: about "
-                f"{_minutes(said)}; epochs timed at {len({s for s, _ in pace.seen})} sizes so "
-                "far)"), total
+                f"{_minutes(said)}; the latest epoch, at {pace.seen[-1][0]} px, took "
+                f"{pace.seen[-1][1]:.0f} s)"), total
     unit = "a full-size epoch" if cfg.low_res else "an epoch"
     line = (f"imgcls: note: at this pace ({pace.seconds(cfg.image_size):.0f} s {unit}) the "
             f"run's {planned} epochs take about {_minutes(total)} in all, {_minutes(left)} "
