@@ -17,7 +17,7 @@ TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 
 # The CPU wheel of TORCH_VERSION for this Python and machine in one of pip's find-links
 # folders, if any. Installed by its path, pip never asks PyTorch's index: where that index
-# cannot be reached (our CI machine), pip retried it for about 3 minutes before it took the
+# cannot be reached (our CI machine), pip retried it for 1.5-3 minutes before it took the
 # same wheel from the folder.
 local_cpu_wheel() {
   local dirs tag d w
