@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from imgcls.config import ALIASES, CHOICES, PRESETS, TrainConfig
+
 
 def number(kind: type, low: float, high: float | None = None):
     """An argparse type: a finite int or float in [low, high], else a one-line error."""
@@ -40,8 +42,6 @@ def mixup_alpha(text: str) -> float:
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
-    from imgcls.config import PRESETS, TrainConfig
-
     # Defaults and recipe values in the help come from where they are set, so they cannot
     # go stale when a preset is re-measured (the cpu preset's epochs-shrink once did).
     base, cpu, ft = TrainConfig(), PRESETS["cpu"], PRESETS["finetune"]
@@ -58,8 +58,6 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _data_options(d, base) -> None:
-    from imgcls.config import CHOICES
-
     d.add_argument("--val-dir", dest="val_dir", metavar="DIR",
                    help="validation folder (one sub-folder per class) instead of a split")
     d.add_argument("--val-split", dest="val_split", type=float, metavar="F",
@@ -86,8 +84,6 @@ def _data_options(d, base) -> None:
 
 
 def _model_options(m, base, cpu: dict, ft: dict) -> None:
-    from imgcls.config import ALIASES, CHOICES
-
     m.add_argument("--model", help="network name (`imgcls summary --list`; default: the preset's)")
     m.add_argument("--epochs", type=int, help=f"epochs, >= 1 (default {base.epochs})")
     m.add_argument("--epoch-images", dest="epoch_images", type=int, metavar="N",
@@ -146,8 +142,6 @@ def _augment_options(a, base) -> None:
 
 
 def _run_options(r, base) -> None:
-    from imgcls.config import CHOICES
-
     r.add_argument("--seed", type=int,
                    help=f"split, weights and order seed, >= 0 (default {base.seed})")
     r.add_argument("--monitor", choices=CHOICES["monitor"],
@@ -163,8 +157,6 @@ def _run_options(r, base) -> None:
 
 
 def _hardware_options(h) -> None:
-    from imgcls.config import CHOICES
-
     h.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     h.add_argument("--amp", choices=CHOICES["amp"],
                    help="mixed precision (default auto: bf16 on CUDA and on CPUs with native "

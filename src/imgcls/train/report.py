@@ -78,8 +78,8 @@ def pace_note(cfg: TrainConfig, h: dict, first: bool, planned: int, pace: Pace, 
     done = h["epoch"]
     if done >= planned:
         return "", said
-    total = h["elapsed_s"] + pace.plan_seconds(cfg, done, planned, planned, min_size)
-    left = total - h["elapsed_s"]
+    left = pace.plan_seconds(cfg, done, planned, planned, min_size)
+    total = h["elapsed_s"] + left
     if not first:
         if cfg.time_limit or not said or abs(total - said) <= max(REVISE * said, 60.0):
             return "", said
