@@ -83,7 +83,7 @@ def test_the_pace_is_learnt_from_the_sizes_timed():
 
 def test_the_run_length_is_said_again_when_larger_epochs_change_it():
     """The AVX2 EPYC's 18-epoch float32 plan: after epoch 1 (64 px) the side rule puts the
-    run near 70 minutes; once an 80 px epoch is timed the run is said again, longer (it took
+    run near 77 minutes; once an 80 px epoch is timed the run is said again, longer (it took
     nearer two hours); an epoch that changes the length little says nothing."""
     cfg = TrainConfig(image_size=160, epochs=18, low_res=0.4, low_res_until=0.75)
     sizes = [epoch_size(cfg, e, 18) for e in range(18)]

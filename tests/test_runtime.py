@@ -82,4 +82,3 @@ def test_progress_bars_need_a_terminal_or_a_running_kernel(monkeypatch):
     kernel = type("Shell", (), {"config": {"IPKernelApp": {"connection_file": "k.json"}}})()
     monkeypatch.setattr(IPython, "get_ipython", lambda: kernel)
     assert interactive()
-
