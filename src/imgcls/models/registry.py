@@ -92,6 +92,21 @@ for _depth, _doc in ((18, "11.7 M parameters, 1.8 GFLOP at 224x224"),
              "weights files load as they are (`train --init FILE`)")(_tv_resnet(_depth))
 
 
+def _efficientnet_lite(variant: str):
+    def build(num_classes: int, **kw):
+        from imgcls.models.efficientnet import EfficientNetLite
+
+        return EfficientNetLite(num_classes, variant, **kw)
+    return build
+
+
+for _v, _doc in (("0", "4.7 M parameters, 0.4 GFLOP at 224x224"),
+                 ("1", "5.4 M parameters, 0.6 GFLOP at 240x240"),
+                 ("2", "6.1 M parameters, 0.9 GFLOP at 260x260")):
+    register(f"efficientnet-lite{_v}", f"EfficientNet-Lite{_v} ({_doc}): ImageNet weights "
+             f"with `train --init efficientnet-lite{_v}`")(_efficientnet_lite(f"lite{_v}"))
+
+
 def head_names(model: nn.Module) -> tuple[str, ...]:
     """The module names of a network's class-dependent head (replaced for new classes)."""
     return tuple(getattr(model, "head", ("fc",)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from imgcls.models.xception import Rescale
+from imgcls.models.layers import CENTRED, InputScale, Units
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -32,12 +32,13 @@ class Stage(nn.Module):
         return x + self.res(x)
 
 
-class SmallResNet(nn.Module):
+class SmallResNet(Units):
     def __init__(self, num_classes: int, widths=(32, 64, 128, 256), stem: int = 24,
-                 dropout: float = 0.2):
+                 dropout: float = 0.2, mean=CENTRED[0], std=CENTRED[1]):
         super().__init__()
         self.num_logits = num_classes
-        self.rescale = Rescale()
+        # x / 255 - 0.5: centred inputs; BatchNorm follows, so no per-channel statistics needed
+        self.input_scale = InputScale(mean, std)
         self.stem = conv_bn(3, stem, stride=2)  # (B, stem, H/2, W/2)
         chans = [stem, *widths]
         self.stages = nn.Sequential(*[Stage(a, b) for a, b in zip(chans, chans[1:])])
@@ -50,13 +51,17 @@ class SmallResNet(nn.Module):
         """Stages from the input to the head, for discriminative learning rates."""
         return [self.stem, *self.stages, self.fc]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.rescale(x)
-        x = x - 0.5  # centre the inputs; BatchNorm follows, so no per-channel statistics needed
-        return self.stages(self.stem(x))  # (B, widths[-1], H/32, W/32) for four stages
+    @property
+    def num_units(self) -> int:
+        return len(self.stages) + 1
+
+    def _unit(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        if i == 0:
+            return self.stem(self.input_scale(x))  # (B, stem, H/2, W/2)
+        return self.stages[i - 1](x)  # (B, widths[-1], H/32, W/32) after four stages
+
+    def unit_modules(self, i: int) -> list[nn.Module]:
+        return [self.stem] if i == 0 else [self.stages[i - 1]]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.pool(x).flatten(1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

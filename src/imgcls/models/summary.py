@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from imgcls.models.xception import Rescale, SameMaxPool, SeparableConv
+from imgcls.models.layers import InputScale
+from imgcls.models.xception import SameMaxPool, SeparableConv
 
 # Modules shown as one row; their children are not listed separately.
-_ATOMIC = (SeparableConv, SameMaxPool, Rescale)
+_ATOMIC = (SeparableConv, SameMaxPool, InputScale)
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

@@ -15,30 +15,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, 0..1: what torchvision/timm ResNet weights expect
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from imgcls.models.layers import IMAGENET, InputScale, Units
+
 # Blocks per stage: torchvision's resnet18/34/50/101.
 DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
           50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
-
-
-class Normalize(nn.Module):
-    """0..255 RGB -> (x / 255 - mean) / std; the constants are not weights (no state)."""
-
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        super().__init__()
-        self.register_buffer("scale", 1 / (255 * torch.tensor(std).view(1, 3, 1, 1)), False)
-        self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1),
-                             False)
-        self.mean, self.std = tuple(mean), tuple(std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.is_floating_point():
-            x = x.float()
-        return x * self.scale.to(x.dtype) - self.shift.to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"mean={self.mean}, std={self.std}"
 
 
 class BasicBlock(nn.Module):
@@ -80,12 +61,12 @@ class Bottleneck(nn.Module):
         return self.relu(self.bn3(self.conv3(out)) + identity)
 
 
-class ResNet(nn.Module):
+class ResNet(Units):
     """torchvision's ResNet: conv1/bn1/maxpool, layer1..layer4, avgpool, fc."""
 
     head = ("fc",)  # the class-dependent part: replaced when a run starts from other classes
 
-    def __init__(self, num_classes: int, depth: int = 18, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    def __init__(self, num_classes: int, depth: int = 18, mean=IMAGENET[0], std=IMAGENET[1],
                  dropout: float = 0.0):
         super().__init__()
         if depth not in DEPTHS:
@@ -94,7 +75,7 @@ class ResNet(nn.Module):
         block = BasicBlock if kind == "basic" else Bottleneck
         self.num_logits = num_classes
         self.min_size = 32
-        self.normalize = Normalize(mean, std)
+        self.input_scale = InputScale(mean, std)
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -126,15 +107,24 @@ class ResNet(nn.Module):
         return [nn.ModuleList([self.conv1, self.bn1]), self.layer1, self.layer2, self.layer3,
                 self.layer4, self.fc]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(self.normalize(x)))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    def _blocks(self) -> list[nn.Module]:
+        return [b for i in range(1, 5) for b in getattr(self, f"layer{i}")]
+
+    @property
+    def num_units(self) -> int:
+        """The stem, then every block of layer1..layer4."""
+        return 1 + len(self._blocks())
+
+    def _unit(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        if i == 0:
+            return self.maxpool(self.relu(self.bn1(self.conv1(self.input_scale(x)))))
+        return self._blocks()[i - 1](x)
+
+    def unit_modules(self, i: int) -> list[nn.Module]:
+        return [self.conv1, self.bn1] if i == 0 else [self._blocks()[i - 1]]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.avgpool(x).flatten(1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def depth_of(state: dict) -> int | None:

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from imgcls.models.layers import UNIT, InputScale, SameConv, Units
+
 BN_EPS, BN_MOMENTUM = 1e-3, 0.01  # Keras: epsilon=1e-3, momentum=0.99 (= 1 - 0.01 here)
 
 
@@ -22,41 +24,6 @@ def bn(c: int, momentum: float = BN_MOMENTUM, norm: str = "batch") -> nn.Module:
     if norm == "group":
         return nn.GroupNorm(min(8, c), c, eps=BN_EPS)
     return nn.BatchNorm2d(c, eps=BN_EPS, momentum=momentum)
-
-
-def same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """(before, after) padding of Keras/TF "same" for one dimension."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-class Rescale(nn.Module):
-    """Keras's Rescaling(1/255): the model takes uint8 or 0-255 floats."""
-
-    def __init__(self, scale: float = 1 / 255):
-        super().__init__()
-        self.scale = scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.is_floating_point():
-            x = x.float()
-        return x * self.scale
-
-    def extra_repr(self) -> str:
-        return f"scale={self.scale:.6g}"
-
-
-class SameConv(nn.Conv2d):
-    """Conv2d with Keras "same" padding, also for stride 2 (pads bottom/right when uneven)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, s = self.kernel_size[0], self.stride[0]
-        # int(): the ONNX tracer would otherwise record shape arithmetic; H, W are fixed there.
-        (t, b), (l, r) = same_pad(int(x.shape[-2]), k, s), same_pad(int(x.shape[-1]), k, s)
-        if t == b and l == r:
-            return F.conv2d(x, self.weight, self.bias, self.stride, (t, l))
-        return F.conv2d(F.pad(x, (l, r, t, b)), self.weight, self.bias, self.stride)
 
 
 class SameMaxPool(nn.Module):
@@ -113,15 +80,16 @@ class XBlock(nn.Module):
         return self.body(x) + self.residual(x)
 
 
-class Xception(nn.Module):
+class Xception(Units):
     """The tutorial network; widths are parameters so smaller variants reuse the code."""
 
     def __init__(self, num_classes: int, entry: int = 128, blocks=(256, 512, 728),
                  exit_width: int = 1024, dropout: float = 0.25, single_logit: bool = False,
-                 bn_momentum: float = BN_MOMENTUM, norm: str = "batch"):
+                 bn_momentum: float = BN_MOMENTUM, norm: str = "batch", mean=UNIT[0],
+                 std=UNIT[1]):
         super().__init__()
         self.num_logits = 1 if single_logit else num_classes
-        self.rescale = Rescale()
+        self.input_scale = InputScale(mean, std)  # Keras's Rescaling(1/255)
         self.stem = nn.Sequential(SameConv(3, entry, 3, stride=2), bn(entry, bn_momentum, norm),
                                   nn.ReLU())
         chans = [entry, *blocks]
@@ -138,15 +106,21 @@ class Xception(nn.Module):
         """Stages from the input to the head, for discriminative learning rates."""
         return [self.stem, *self.blocks, self.exit, self.fc]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.rescale(x)  # (B, 3, H, W) in 0..1
-        x = self.stem(x)  # (B, entry, H/2, W/2)
-        x = self.blocks(x)  # (B, blocks[-1], H/16, W/16) for three blocks
-        return self.exit(x)  # (B, exit_width, H/16, W/16)
+    @property
+    def num_units(self) -> int:
+        return len(self.blocks) + 2
+
+    def _unit(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        if i == 0:
+            return self.stem(self.input_scale(x))  # (B, entry, H/2, W/2)
+        if i <= len(self.blocks):
+            return self.blocks[i - 1](x)  # each block halves H and W
+        return self.exit(x)  # (B, exit_width, H/16, W/16) for three blocks
+
+    def unit_modules(self, i: int) -> list[nn.Module]:
+        return [self.stem] if i == 0 else [self.blocks[i - 1]] if i <= len(self.blocks) \
+            else [self.exit]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(x).flatten(1)  # (B, exit_width)
         return self.fc(self.dropout(x))  # (B, num_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
