@@ -112,3 +112,14 @@ def test_onecycle_is_an_old_name_of_cosine_floor(tmp_path):
 
     assert lr_factor(100, 100, 0, "cosine-floor") == pytest.approx(1e-3)
     assert lr_factor(100, 100, 0, "cosine") == pytest.approx(0.0)
+
+
+def test_a_config_file_adds_model_options_to_the_sources_instead_of_replacing_them(tmp_path):
+    """Old main replaced model_options wholesale: a file that set the dropout silently
+    dropped the source's widths, and the run built another network than the source's."""
+    f = tmp_path / "c.json"
+    f.write_text('{"model_options": {"dropout": 0.5}}')
+    source = {"model": "resnet-cpu", "model_options": {"widths": [8, 16, 32, 64]}}
+    cfg = resolve({"data_dir": "/d", "init": "m", "device": "cpu"}, "auto", str(f),
+                  source=source, source_classes=2)
+    assert cfg.model_options == {"widths": [8, 16, 32, 64], "dropout": 0.5}

@@ -172,7 +172,7 @@ def test_a_run_folder_that_holds_a_run_stops_every_rank(setup, tmp_path):
     run = tmp_path / "run"
     assert single(data, "--out", run, "--config", cfg, "--epochs", "1").returncode == 0
     proc = popen_ranks(data, "--out", run, "--config", cfg)
-    out, err = _ranks_exit_within(proc, 60)
+    out, err = _ranks_exit_within(proc, 120)
     assert proc.returncode != 0
     # torchrun adds its own report of the failed workers; ours is rank 0's one line.
     errs = [line for line in err.splitlines() if line.startswith("imgcls: error:")]
@@ -185,9 +185,9 @@ def test_sigterm_to_one_rank_stops_all_with_a_resumable_checkpoint(setup, tmp_pa
     run = tmp_path / "run"
     proc = popen_ranks(data, "--out", run, "--config", cfg, "--epochs", "200", "--batch-size", "4")
     _signal_rank_1_after_epoch_1(proc, run, signal.SIGTERM)
-    t0 = time.time()
-    out, err = _ranks_exit_within(proc, 30)
-    assert time.time() - t0 < 30
+    # Exiting at all is what matters (a rank left in a collective waits forever); 120 s
+    # holds on a busy slow CPU, where 30 s once did not.
+    out, err = _ranks_exit_within(proc, 120)
     assert out.count("Resume with: imgcls train --resume") == 1, out[-2000:] + err[-2000:]
     last = load_checkpoint(run / "last.safetensors")
     assert last.resumable and last.meta["epoch"] >= 1
@@ -213,3 +213,45 @@ def test_a_mid_epoch_stop_keeps_each_ranks_own_random_streams(setup, tmp_path):
     r = torchrun(2, "--resume", run, "--epochs", "2")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "Epoch 2/2" in r.stdout
+
+
+SLOW_SETUP = """
+import sys, time, torch
+from imgcls.train import distributed as D
+world = D.init("cpu")
+def work():
+    if world.main:
+        time.sleep(float(sys.argv[1]))  # a scan and cache build longer than the timeout
+    return world.rank
+got = D.main_first(world, work)
+t = torch.ones(1)
+D.all_sum(world, t)
+print(f"rank {got} ok {int(t.item())}", flush=True)
+D.shutdown(world)
+"""
+
+
+def test_rank_0s_set_up_may_outlast_the_process_groups_timeout(tmp_path):
+    """Old main: the other ranks waited for rank 0's scan and caches in a barrier bound by
+    the process group's timeout (600 s), so a large set died with "a rank probably died".
+    Here the timeout is 2 s and rank 0's set-up takes 6 s."""
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_SETUP)
+    env = dict(os.environ, OMP_NUM_THREADS="1", IMGCLS_DIST_TIMEOUT="2")
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", str(script), "6"], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-3000:]
+    said = sorted(line for line in res.stdout.splitlines() if line.startswith("rank "))
+    assert said == ["rank 0 ok 2", "rank 1 ok 2"], res.stdout[-1500:]
+
+
+def test_a_failed_set_up_on_rank_0_is_said_by_rank_0_alone(tmp_path):
+    """Rank 0's failure reaches the others as such, not as a timeout hours later."""
+    data = tmp_path / "data"
+    (data / "cat").mkdir(parents=True)
+    images.jpeg(data / "cat" / "a.jpg")  # one class: rank 0's scan refuses it
+    proc = popen_ranks(data, "--out", tmp_path / "run")
+    out, err = _ranks_exit_within(proc, 120)
+    errs = [line for line in err.splitlines() if line.startswith("imgcls: error:")]
+    assert proc.returncode != 0 and len(errs) == 1 and "one class" in errs[0], err[-3000:]

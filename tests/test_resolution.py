@@ -3,7 +3,6 @@ the full size, and the clock (time limit, pace line) counts the cheaper epochs."
 
 from __future__ import annotations
 
-import types
 
 import images
 import numpy as np
@@ -12,9 +11,10 @@ import torch
 from PIL import Image
 
 import imgcls
+from imgcls.checkpoint import load_checkpoint
 from imgcls.config import TrainConfig
 from imgcls.data.augment import resize_batch
-from imgcls.train.epoch import epochs_that_fit
+from imgcls.train.plan import epochs_that_fit
 from imgcls.train.report import pace_note
 from imgcls.train.resolution import Pace, epoch_cost, epoch_size, full_epochs, ramp_line
 
@@ -53,10 +53,9 @@ def test_a_time_limit_counts_the_cheaper_small_epochs():
     10 more."""
     plain = TrainConfig(image_size=128, epochs=40, time_limit=20, schedule="cosine")
     ramp = plain.replace(low_res=0.5, low_res_until=0.75)
-    state = types.SimpleNamespace(pace=Pace([(128, 60.0)]), epoch=0, epochs=40, min_size=1)
-    h = {"seconds": 60.0, "elapsed_s": 600.0}
-    assert epochs_that_fit(plain, state, h) == 11
-    assert epochs_that_fit(ramp, state, h) > 15
+    pace = Pace([(128, 60.0)])
+    assert epochs_that_fit(plain, pace, 0, 40, 600.0) == 11
+    assert epochs_that_fit(ramp, pace, 0, 40, 600.0) > 15
 
 
 def test_the_pace_is_learnt_from_the_sizes_timed():
@@ -72,10 +71,8 @@ def test_the_pace_is_learnt_from_the_sizes_timed():
     # dear full-size epochs than the side rule (that run fitted 5 in the end).
     cfg = TrainConfig(image_size=160, epochs=45, low_res=0.4, low_res_until=0.75,
                       time_limit=30, schedule="cosine")
-    h = {"seconds": 177.0, "elapsed_s": 360.0}
-    by_side, learnt = (types.SimpleNamespace(pace=p, epoch=1, epochs=9, min_size=1)
-                       for p in (Pace([(80, 177.0)]), Pace([(64, 135.0), (80, 177.0)])))
-    assert epochs_that_fit(cfg, learnt, h) < epochs_that_fit(cfg, by_side, h)
+    by_side, learnt = Pace([(80, 177.0)]), Pace([(64, 135.0), (80, 177.0)])
+    assert epochs_that_fit(cfg, learnt, 1, 9, 360.0) < epochs_that_fit(cfg, by_side, 1, 9, 360.0)
     # A machine that slowed down late is planned at its latest pace, never a faster one.
     assert Pace([(128, 60.0), (128, 60.0), (128, 120.0)]).seconds(128) == 120.0
     assert Pace([(64, 10.0), (128, 90.0), (128, 30.0)]).seconds(128) == pytest.approx(60.0)
@@ -131,3 +128,38 @@ def test_training_sees_small_images_early_and_validates_at_full_size(data, tmp_p
     # Validation (and BatchNorm's re-estimation before it) only ever at the full size.
     assert {s for training, s in seen if not training} == {64}
     assert np.isfinite(run.history[-1]["val_loss"])
+
+
+def test_epochs_below_the_full_size_validate_a_sample_at_their_own_size(data, tmp_path,
+                                                                        monkeypatch):
+    """Validation cost a third of a catsdogs run on an AVX2 CPU: every photo at the full
+    size after every epoch, BatchNorm re-estimated after each smaller one. Now the ramp's
+    epochs check a fixed sample at their own size (no re-estimation), and only the epochs at
+    the full size, which alone may be the best, check every photo."""
+    import imgcls.train.state as state_module
+
+    monkeypatch.setattr(state_module, "VAL_SAMPLE", 4)  # 10 validation photos here
+    seen: list[tuple[int, int]] = []  # (batch, height) of every evaluation-mode stem input
+
+    def spy(module, args):
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels == 3 and not module.training:
+            seen.append((args[0].shape[0], args[0].shape[-1]))
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(spy)
+    try:
+        run = imgcls.fit(data, out=tmp_path / "run", preset="cpu", image_size=64, epochs=4,
+                         epoch_images=0, low_res=0.5, low_res_until=0.5, batch_size=8,
+                         threads=2, seed=3)
+    finally:
+        hook.remove()
+    hist = run.history
+    assert [h["resolution"] for h in hist] == [32, 48, 64, 64]
+    assert [h["val_full"] for h in hist] == [False, False, True, True]
+    assert [h["val_images"] for h in hist] == [4, 4, 10, 10]
+    # Evaluation mode saw the sample at 32 and 48 px, nothing else below 64 px: no
+    # re-estimation of BatchNorm (training images) at the full size after a small epoch.
+    assert sorted({s for _, s in seen}) == [32, 48, 64]
+    assert sum(b for b, s in seen if s < 64) == 8
+    assert run.best_epoch in (3, 4)
+    best = load_checkpoint(tmp_path / "run" / "best.safetensors")
+    assert best.meta["epoch"] == run.best_epoch

@@ -15,10 +15,6 @@ def test_precision_follows_the_capability():
     assert precision_for("cpu", "auto", native_bf16=False) == "fp32"
     assert precision_for("cuda", "auto", cuda_bf16=True) == "bf16"
     assert precision_for("cuda", "auto", cuda_bf16=False) == "fp16"
-    # Training too: bf16 where the CPU computes it natively, float32 where it is emulated.
-    assert precision_for("cpu", "auto", native_bf16=True, training=True) == "bf16"
-    assert precision_for("cpu", "auto", native_bf16=False, training=True) == "fp32"
-    assert precision_for("cuda", "auto", cuda_bf16=True, training=True) == "bf16"
     for dev in ("cpu", "cuda"):
         assert precision_for(dev, "off", native_bf16=True, cuda_bf16=True) == "fp32"
         assert precision_for(dev, "bf16", native_bf16=False, cuda_bf16=False) == "bf16"

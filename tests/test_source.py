@@ -160,6 +160,55 @@ def test_a_damaged_source_is_refused_before_it_trains(tmp_path, three):
         assert not (tmp_path / f"r-{name}").exists()
 
 
+def test_bad_imagenet_starts_are_one_line_each_and_write_nothing(tmp_path, three):
+    """Issue 34's bad input: another layout, a truncated file, NaN weights, a name that is not
+    one of the three, an image size below the network's minimum."""
+    lite = create_model(ModelConfig("efficientnet-lite0", 1000)).state_dict()
+    se = dict(lite, **{"_blocks.1._se_reduce.weight": torch.zeros(4, 96, 1, 1)})
+    torch.save(se, tmp_path / "b0.pth")  # EfficientNet-B0's squeeze-and-excitation
+    short = {k: v for k, v in lite.items() if not k.startswith("_blocks.15.")}
+    torch.save(short, tmp_path / "short.pth")
+    torch.save(lite, tmp_path / "whole.pth")
+    data = (tmp_path / "whole.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[:len(data) // 2])
+    nan = dict(lite)
+    nan["_blocks.3._depthwise_conv.weight"] = torch.full_like(
+        lite["_blocks.3._depthwise_conv.weight"], float("nan"))
+    torch.save(nan, tmp_path / "nan.pth")
+    cases = ((["--init", tmp_path / "b0.pth"], "not EfficientNet-Lite0, -Lite1 or -Lite2"),
+             (["--init", tmp_path / "short.pth"], "not EfficientNet-Lite0, -Lite1 or -Lite2"),
+             (["--init", tmp_path / "cut.pth"], "not a weights file PyTorch can read safely"),
+             (["--init", tmp_path / "nan.pth"], "damaged or diverged model"),
+             (["--init", "efficientnet-lite3"], "not a published set of weights "
+                                                "(efficientnet-lite0, efficientnet-lite1"),
+             (["--init", "efficientnet-lite0", "--image-size", "16"], "image size 16 px is "
+                                                                      "too small"))
+    for i, (argv, words) in enumerate(cases):
+        out = tmp_path / f"r{i}"
+        res = cli("train", three, *argv, "--out", out, "--epochs", "1", "--threads", "2")
+        err = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(err) == 1, (argv, res.stderr)
+        assert words in err[0] and "Traceback" not in res.stderr, (argv, err)
+        assert not out.exists(), argv
+
+
+def test_a_lite_file_in_the_packages_layout_starts_a_run_whole(tmp_path, three):
+    """`--init FILE` recognises EfficientNet-PyTorch's Lite layout: every tensor but the
+    1000-class head loads, and the run records the weights' input size and scaling."""
+    rec = __import__("imgcls.models.pretrained", fromlist=["PRETRAINED"]).PRETRAINED
+    lite = create_model(ModelConfig("efficientnet-lite0", 1000)).state_dict()
+    torch.save(lite, tmp_path / "lite0.pth")
+    src = read_source(tmp_path / "lite0.pth")
+    assert src.model == "efficientnet-lite0" and src.image_size == 224 and src.classes == 1000
+    assert src.weights == rec["efficientnet-lite0"]
+    model = create_model(ModelConfig("efficientnet-lite0", 3))
+    record, line = load_into(model, src, ["a", "b", "c"])
+    assert record["loaded"] == len(lite) - 2 and "_fc.weight, _fc.bias" in line
+    assert list(record["weights"]["mean"]) == list(rec["efficientnet-lite0"].mean)
+    own = model.state_dict()
+    assert all(torch.equal(own[k], lite[k]) for k in lite if not k.startswith("_fc."))
+
+
 def test_resume_keeps_the_source(source_run, three, tmp_path):
     run = tmp_path / "run"
     res = cli("train", three, "--init", source_run, "--out", run, "--epochs", "2",
@@ -181,7 +230,8 @@ def test_resume_keeps_the_source(source_run, three, tmp_path):
 def test_predict_and_export_use_the_sources_normalisation(tmp_path, three):
     pytest.importorskip("onnxruntime")
     from imgcls.infer.predictor import Predictor
-    from imgcls.models.tv_resnet import IMAGENET_MEAN, IMAGENET_STD
+    from imgcls.models.layers import IMAGENET
+    IMAGENET_MEAN, IMAGENET_STD = IMAGENET
 
     torchvision_file(tmp_path / "r18.pth")
     run = tmp_path / "run"
@@ -201,7 +251,7 @@ def test_predict_and_export_use_the_sources_normalisation(tmp_path, three):
     x = torch.stack([torch.from_numpy(np.array(load_image(p, spec))).permute(2, 0, 1) for p in photos])
     x = (x.double() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1).double()) \
         / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1).double()
-    model.normalize = torch.nn.Identity()
+    model.input_scale = torch.nn.Identity()
     with torch.no_grad():
         by_hand = torch.softmax(model.double()(x), 1).numpy()
     got = np.array([[p.probabilities[c] for c in ckpt.meta["class_names"]] for p in torch_p])

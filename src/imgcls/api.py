@@ -257,7 +257,8 @@ class Model:
         from imgcls.infer.evaluate import evaluate_set, evaluation_set
 
         es = evaluation_set(self.source, self.class_names, data, labels,
-                            moved_to=None if moved_to is None else os.fspath(moved_to))
+                            moved_to=None if moved_to is None else os.fspath(moved_to),
+                            meta=self._p.meta)
         return evaluate_set(self._p, es, tta)
 
     def export(self, path: str | os.PathLike, check_images: str | None = None):
@@ -293,18 +294,30 @@ def top_losses_figure(report):
     return _shown(fig(report.top_losses, root=report.data))
 
 
-def show_batch(data: str | os.PathLike, augment: bool = False, image_size: int = 180, seed: int = 1337,
-         labels: str = "folders"):
-    """The first 9 training images (or 9 augmentations of the first) as a Figure."""
+def show_batch(data: str | os.PathLike, augment: bool = False, preset: str = "auto",
+               output: str | os.PathLike | None = None, **settings: Any):
+    """The first 9 photos of training epoch 0 (or 9 augmentations of the first) as `imgcls
+    train DATA` with the same preset and settings would see them: its labels, split, pixel
+    recipe, epoch order (several passes over a small folder included) and augmentation.
+    A matplotlib Figure, also written to `output` (PNG) when given."""
+    from imgcls.config import check_keys, check_types, resolve
     from imgcls.data.augment import AugmentConfig
     from imgcls.data.preprocess import PreprocessSpec
-    from imgcls.data.split import split_index
+    from imgcls.train.plan import epoch_passes
+    from imgcls.train.prepare import scan_and_split
     from imgcls.viz.show import augment_figure, first_training_images, samples_figure
 
-    index = scan_folder(data, labels=labels)
-    sp = split_index(index, 0.2, seed)
-    items = first_training_images(index, sp.train, PreprocessSpec(image_size, image_size), seed,
-                                  1 if augment else 9)
+    settings = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in settings.items()}
+    check_types(check_keys(settings, "show_batch()"), "show_batch()")
+    cfg = resolve(dict(settings, data_dir=os.fspath(data)), preset)
+    index, _, sp = scan_and_split(cfg)
+    spec = PreprocessSpec(cfg.image_size, cfg.image_size, resize=cfg.resize)
+    items = first_training_images(index, sp.train, spec, cfg.seed, 1 if augment else 9,
+                                  epoch_passes(cfg.epoch_images, len(sp.train.samples)))
+    if not items:
+        raise UserError(f"{data}: no training photo could be read")
     if augment:
-        return _shown(augment_figure(items[0][0], AugmentConfig(), seed, None, items[0][1]))
-    return _shown(samples_figure(items, None))
+        aug = AugmentConfig(cfg.flip, cfg.rotation, cfg.zoom, cfg.translate, cfg.brightness,
+                            cfg.contrast)
+        return _shown(augment_figure(items[0][0], aug, cfg.seed, output, items[0][1]))
+    return _shown(samples_figure(items, output))

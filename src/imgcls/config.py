@@ -60,9 +60,13 @@ class TrainConfig:
     freeze_epochs: float = 0.0  # epochs (fractions allowed) in which only the head learns
     layer_lr_decay: float = 1.0  # each layer group's rate is this times the next one's,
     #                              from the head (full rate) back to the stem; 1 = one rate
+    tune_units: int = 0  # only the last N units of a network that runs in units
+    #                      (EfficientNet-Lite's blocks, ResNet's) and its head learn; the rest
+    #                      keeps its weights and BatchNorm statistics and runs once per photo
+    #                      (train.features); 0 = every layer learns
     label_smoothing: float = 0.0
     mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha) blend of image pairs; 0 = off;
-    #                     -1 = auto: train.epoch.AUTO_MIXUP where a small training set is passed
+    #                     -1 = auto: train.plan.AUTO_MIXUP where a small training set is passed
     #                     over several times an epoch (--epoch-images), else off
     class_weights: str = "none"  # "none" or "balanced" (inverse class frequency)
     bn_recalibrate: int = 4096  # images (per rank) that re-estimate BatchNorm statistics
@@ -127,20 +131,24 @@ PRESETS: dict[str, dict] = {
         "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "schedule": "cosine-floor",
         "warmup_epochs": 2, "label_smoothing": 0.1, "flip": True, "rotation": 0.05,
         "zoom": 0.15, "translate": 0.1, "brightness": 0.1, "contrast": 0.1, "tta": True,
+        # A wall-clock budget, minutes: a probe of the pace before epoch 1 fits the plan's
+        # epochs (and so its ramp and schedule) to it on this machine (train.probe); a
+        # plan that needs less runs as it is. --time-limit 0: the plan's own length.
+        "time_limit": 30.0,
     },
-    # Starting from a model (--init; what --preset auto picks for a source of many classes,
-    # start_preset): the head alone for two epochs, then everything, each earlier layer group
-    # at 0.7x the next one's rate (the stem at 1/6 of the head's), with the cpu preset's
-    # regularisation (mixup on small folders, zoom); the network and image size are the
-    # source's. A first version (0.4x, no mixup or zoom, 1,024-image epochs) overfit small
-    # flower folders from a Cats vs Dogs model: 6 points below scratch; this one is level with
-    # it there (bench/finetune.py, BENCHMARKS.md).
+    # Starting from a model that knows photos (--init efficientnet-lite0 or another ImageNet
+    # model: what --preset auto picks for a source of many classes, start_preset). The
+    # source's network and resolution; the photo scaled to cover the square and centre-
+    # cropped, as ImageNet models are evaluated; only the last units learn, on their inputs
+    # computed once per photo and mirror image (train.features); BatchNorm keeps ImageNet's
+    # statistics; a few epochs, sized to the data.
     "finetune": {
-        "batch_size": 32, "epochs": 15, "epoch_images": 2048, "mixup": -1,
+        "resize": "crop", "tune_units": 2, "batch_size": 64, "epochs": 10,
+        "epoch_images": 2048, "epochs_shrink": 0.6, "mixup": 0.0,
         "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine-floor",
-        "warmup_epochs": 1, "freeze_epochs": 2, "layer_lr_decay": 0.7, "label_smoothing": 0.1,
-        "flip": True, "rotation": 0.05, "zoom": 0.15, "translate": 0.1, "brightness": 0.1,
-        "contrast": 0.1, "tta": True,
+        "warmup_epochs": 0.5, "layer_lr_decay": 0.7, "label_smoothing": 0.1,
+        "flip": True, "rotation": 0.0, "zoom": 0.0, "translate": 0.0, "brightness": 0.0,
+        "contrast": 0.0, "tta": True,
     },
 }
 
@@ -234,6 +242,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (0 <= cfg.freeze_epochs < cfg.epochs,
          f"freeze-epochs must be >= 0 and fewer than the {cfg.epochs} epochs"),
         (0 < cfg.layer_lr_decay <= 1, "layer-lr-decay must be in (0, 1] (1 = one rate)"),
+        (cfg.tune_units >= 0, f"tune-units must be >= 0 (0 = every layer), not {cfg.tune_units}"),
         (cfg.time_limit >= 0, "time limit must be >= 0 minutes"),
     ]
     import math
@@ -310,6 +319,18 @@ def start_preset(source_classes: int | None, device: str) -> tuple[str, str]:
     return "finetune", "starting from a model"
 
 
+def _layer(values: dict, layer: dict) -> None:
+    """One level of the precedence over the ones below it: its settings replace theirs,
+    except model_options, whose keys are merged (a file that sets the dropout keeps the
+    preset's widths)."""
+    for key, value in layer.items():
+        if key == "model_options" and isinstance(value, dict) and \
+                isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+
+
 def resolve(overrides: dict, preset: str | None = None, config_file: str | None = None,
             base: TrainConfig | None = None, source: dict | None = None,
             source_classes: int | None = None) -> TrainConfig:
@@ -338,15 +359,16 @@ def resolve(overrides: dict, preset: str | None = None, config_file: str | None 
         if auto and preset == "tutorial":
             values["epoch_images"] = AUTO_GPU_EPOCH_IMAGES
         values["preset"] = preset
-    values.update(source or {})
+    _layer(values, source or {})
     given = load_file(config_file) if config_file else {}
-    values.update(given)
     overrides = {k: os.fspath(v) if isinstance(v, os.PathLike) else v
                  for k, v in overrides.items()}
     given.update({k: v for k, v in check_keys(overrides, "flags").items() if v is not None})
-    values.update(given)
+    _layer(values, given)
     if "epochs" in given and "epochs_shrink" not in given:
         values["epochs_shrink"] = 0.0  # epochs the user chose are the epochs trained
+    if "epochs" in given and "time_limit" not in given:
+        values["time_limit"] = 0.0  # ... all of them, not those a recipe's budget fits
     recipe = PRESETS.get(preset or "", {})
     if "epochs" in given and "freeze_epochs" not in given and recipe.get("freeze_epochs") \
             and isinstance(values["epochs"], int) and 0 < values["epochs"] < recipe["epochs"]:

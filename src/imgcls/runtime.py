@@ -112,7 +112,7 @@ def cpu_native_bf16() -> bool:
 
 
 def precision_for(device_type: str, amp: str, native_bf16: bool | None = None,
-                  cuda_bf16: bool | None = None, training: bool = False) -> str:
+                  cuda_bf16: bool | None = None) -> str:
     """The precision `amp` means on this device: "bf16", "fp16" or "fp32".
 
     auto: bf16 on a GPU that has it (else fp16); bf16 on a CPU that computes it natively
@@ -138,13 +138,14 @@ def precision_for(device_type: str, amp: str, native_bf16: bool | None = None,
     return "fp32"
 
 
-def autocast_for(device, amp: str, native_bf16: bool | None = None, training: bool = False):
-    """(a no-argument autocast context factory, a GradScaler or None) for training/inference."""
+def autocast_for(device, amp: str, native_bf16: bool | None = None):
+    """(a no-argument autocast context factory, a GradScaler or None): the same precision for
+    training and inference (precision_for)."""
     from contextlib import nullcontext
 
     import torch
 
-    precision = precision_for(device.type, amp, native_bf16, training=training)
+    precision = precision_for(device.type, amp, native_bf16)
     if precision in ("fp32", "fp64"):  # fp64: the model itself is float64 (train.build_state)
         return nullcontext, None
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16

@@ -78,7 +78,8 @@ def recalibrate(model: nn.Module, loader, max_images: int, micro: int, autocast,
 
 
 def collapse_warning(pred_counts: np.ndarray, true_counts: np.ndarray, val_accuracy: float,
-                     train_accuracy: float, class_names: list[str], epoch: int) -> str | None:
+                     train_accuracy: float, class_names: list[str], epoch: int,
+                     preset: str = "") -> str | None:
     """A warning when validation predictions collapse to one class, or validation accuracy
     sits at the largest class's share while training accuracy climbs; else None."""
     n = int(true_counts.sum())
@@ -96,7 +97,9 @@ def collapse_warning(pred_counts: np.ndarray, true_counts: np.ndarray, val_accur
     what = (f"the model answers {class_names[top]!r} for every validation photo" if one_class
             else f"validation accuracy {val_accuracy:.4f} is no better than always answering the "
                  f"largest class ({majority:.4f})")
+    tries = ("a smaller --batch-size or more photos" if preset == "cpu" else
+             "--preset cpu, a smaller --batch-size or more photos")  # never the recipe in use
     return (f"epoch {epoch}: {what} while training accuracy is {train_accuracy:.4f}: the model "
             "has learnt nothing that carries to new photos. Likely causes: too few photos or "
-            "steps per epoch for this network (try --preset cpu, a smaller --batch-size or more "
-            "photos), or a learning rate too high; `imgcls evaluate RUN` shows what it answers")
+            f"steps per epoch for this network (try {tries}), or a learning rate too high; "
+            "`imgcls evaluate RUN` shows what it answers")

@@ -7,13 +7,21 @@ it joins the group with NCCL on CUDA and Gloo on the CPU; alone it is a no-op wo
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from imgcls.errors import UserError
+from imgcls.errors import PeerError, UserError
+from imgcls.words import first_line
+
+T = TypeVar("T")
+# Seconds every collective may wait for the slowest rank (PyTorch's default is 600 too);
+# IMGCLS_DIST_TIMEOUT overrides it. Rank 0's set-up (scan and caches) is not bound by it.
+DEFAULT_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,16 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init(device_kind: str, timeout_s: float = 600) -> World:
+def timeout_s() -> float:
+    """The process group's timeout, seconds: IMGCLS_DIST_TIMEOUT, else DEFAULT_TIMEOUT_S."""
+    try:
+        return float(os.environ.get("IMGCLS_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+    except ValueError:
+        raise UserError(f"IMGCLS_DIST_TIMEOUT must be seconds, not "
+                        f"{os.environ['IMGCLS_DIST_TIMEOUT']!r}") from None
+
+
+def init(device_kind: str) -> World:
     """Join the process group if launched by torchrun; otherwise a world of one."""
     if not launched_by_torchrun():
         return World()
@@ -51,7 +68,8 @@ def init(device_kind: str, timeout_s: float = 600) -> World:
         if backend == "nccl":
             torch.cuda.set_device(local)
             kwargs["device_id"] = torch.device("cuda", local)
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s()),
+                                **kwargs)
     return World(rank, size, local, backend)
 
 
@@ -84,6 +102,48 @@ def agree(world: World, device: torch.device | str = "cpu", **flags: float) -> d
 def barrier(world: World) -> None:
     if world.active:
         dist.barrier()
+
+
+SETUP_KEY = "imgcls/rank0-setup"
+POLL_S = 30  # seconds between a waiting rank's looks at rank 0's progress
+
+
+def main_first(world: World, work: Callable[[], T]) -> T:
+    """Rank 0 runs `work` (a scan and the caches: minutes or hours for a large set), then the
+    other ranks run theirs (opening what rank 0 built). The others wait on the process
+    group's store, not in a collective, so the wait is not bounded by the process group's
+    timeout; they hear rank 0's failure as such rather than as a timeout. A rank 0 that dies
+    ends the job through torchrun, which stops the others."""
+    if not world.active:
+        return work()
+    store = dist.distributed_c10d._get_default_store()
+    if world.main:
+        try:
+            out = work()
+        except BaseException as exc:
+            store.set(SETUP_KEY, f"failed: {first_line(exc)}")
+            raise
+        store.set(SETUP_KEY, "done")
+    else:
+        waited = 0
+        while True:
+            try:
+                store.wait([SETUP_KEY], datetime.timedelta(seconds=POLL_S))
+                break
+            except (RuntimeError, dist.DistStoreError) as exc:
+                if "timeout" not in str(exc).lower() and "timed out" not in str(exc).lower():
+                    raise
+                waited += POLL_S
+                if waited % 600 == 0:
+                    logging.getLogger(__name__).info(
+                        f"rank {world.rank}: still waiting for rank 0's scan and caches "
+                        f"({waited // 60} min)")
+        status = store.get(SETUP_KEY).decode()
+        if status != "done":
+            raise PeerError(f"rank 0 could not prepare the data ({status})")
+        out = work()
+    barrier(world)  # every rank has opened the caches
+    return out
 
 
 def check_consistent(world: World, items: dict) -> None:

@@ -2,9 +2,8 @@
 
 Owns how a step is taken (micro-batches that add up to the batch, mixup, class weights,
 gradient scaling, DDP's single all-reduce per step), how often the ranks agree on stopping,
-how many passes over a small training set an epoch makes, and the validation sums that
-every rank ends up sharing. The run around it (data, state, checkpoints, stop rules) is
-train.py's.
+and the validation sums that every rank ends up sharing. The run around it (data, state,
+checkpoints, stop rules) is loop.py's; how many epochs and passes, plan.py's.
 """
 
 from __future__ import annotations
@@ -26,57 +25,10 @@ from imgcls.data.loader import BatchLoader
 from imgcls.models import two_logits
 from imgcls.train import distributed as D
 from imgcls.train.optim import group_rate, lr_factor
-from imgcls.train.report import log
 from imgcls.train.resolution import epoch_size
 
 if TYPE_CHECKING:
     from imgcls.train.state import StopFlag, TrainState
-
-
-def epoch_passes(epoch_images: int, n_train: int) -> int:
-    """Whole passes over the training set per epoch for `--epoch-images` (0 = one)."""
-    if epoch_images <= 0 or n_train <= 0:
-        return 1
-    return max(1, round(epoch_images / n_train))
-
-
-def planned_epochs(epochs: int, epoch_images: int, n_train: int, shrink: float) -> int:
-    """The epochs of a plan sized to the data: a recipe's `epochs` are for an epoch of
-    `epoch_images` images; a larger training set shows more images an epoch, so it needs
-    fewer passes, but more images in all: epochs * (epoch_images / n) ** shrink (the cpu
-    preset: 0.25, so 20,000 photos train 20 of its 36 epochs: 5.4x the images of 2,048
-    photos, in 9.8x the epoch; chosen so the full-size Cats vs Dogs job fits 30 minutes of a
-    2-core bf16 CPU with room to spare, BENCHMARKS.md). Never more than `epochs`, never fewer
-    than one."""
-    if shrink <= 0 or epoch_images <= 0 or n_train <= epoch_images:
-        return epochs
-    return max(1, min(epochs, round(epochs * (epoch_images / n_train) ** shrink)))
-
-
-# mixup's alpha under `--mixup auto` (the cpu preset) when an epoch passes over the training
-# set at least MIXUP_MIN_PASSES times, i.e. up to ~500 photos at --epoch-images 2048. Measured
-# with the cpu preset on catsdogs (BENCHMARKS.md, small folders): +2.5 points at 120 photos
-# per class (9 passes), +2.8 at 240 (4 passes), and -1.9 at 1,000 per class (one pass),
-# where it slows learning within 40 epochs.
-AUTO_MIXUP, MIXUP_MIN_PASSES = 1.0, 4
-
-
-def plan_run(cfg: TrainConfig, n_train: int, world: D.World) -> TrainConfig:
-    """A fresh run's epochs, sized to its training set (--epochs-shrink), said in one line."""
-    epochs = planned_epochs(cfg.epochs, cfg.epoch_images, n_train, cfg.epochs_shrink)
-    if epochs != cfg.epochs:
-        log(world, f"Plan: {epochs} epochs, not the recipe's {cfg.epochs}: each epoch passes "
-             f"over all {n_train} training photos, and a larger set needs fewer passes "
-             f"(--epochs-shrink {cfg.epochs_shrink:g}; --epochs N to choose)")
-        cfg = cfg.replace(epochs=epochs)
-    return cfg
-
-
-def mixup_alpha(setting: float, passes: int) -> float:
-    """The alpha a run uses: the setting, or for auto (-1) AUTO_MIXUP on a small set."""
-    if setting >= 0:
-        return setting
-    return AUTO_MIXUP if passes >= MIXUP_MIN_PASSES else 0.0
 
 
 def _passes(n: int, micro: int) -> list[tuple[int, int]]:
@@ -102,29 +54,15 @@ def mixup(x: torch.Tensor, labels: torch.Tensor, alpha: float):
     return x.mul(lam).add_(x[perm], alpha=1.0 - lam), labels[perm], lam
 
 
+def _inputs(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A batch as the network's input: uint8 photos (B, H, W, 3) as floats (B, 3, H, W);
+    stored trunk outputs (train.features) as they are, in the model's dtype."""
+    return to_float(images, dtype) if images.dtype == torch.uint8 else images.to(dtype)
+
+
 def _wide(logits: torch.Tensor) -> torch.Tensor:
     """Logits for the loss: float32 from a bf16/fp16 pass, float64 kept as it is."""
     return logits if logits.dtype == torch.float64 else logits.float()
-
-
-def epochs_that_fit(cfg: TrainConfig, state: TrainState, h: dict) -> int:
-    """The epochs the learning-rate schedule should run over: under --time-limit with a
-    decaying schedule, as many as the time left allows at this run's pace so far (up to
-    cfg.epochs), so the run still ends on the schedule's small final rates instead of being
-    cut at a high one; otherwise the plan."""
-    if not cfg.time_limit or cfg.schedule == "constant":
-        return state.epochs
-    left = cfg.time_limit * 60 - h["elapsed_s"]
-    # Up to cfg.epochs, not just the current plan: a first epoch slowed by warm-up may have
-    # planned too few. Epochs still below the full size cost less (the current plan's ramp),
-    # as much less as this run's own epochs have shown (train.resolution.Pace).
-    fit, spent = state.epoch + 1, 0.0
-    while fit < cfg.epochs:
-        spent += state.pace.seconds(epoch_size(cfg, fit, state.epochs, state.min_size))
-        if spent > left:
-            break
-        fit += 1
-    return fit
 
 
 @dataclass
@@ -163,9 +101,11 @@ def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world:
         for group in state.opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(g, state.total_steps, state.warmup, cfg.schedule) \
                 * group_rate(group, frozen)
-        x = resize_batch(to_float(batch.images, state.dtype), size)
-        if aug_cfg.active:
-            x = augment_batch(x, aug_cfg, state.aug_gen)
+        x = _inputs(batch.images, state.dtype)
+        if state.top is None:  # photos; stored trunk outputs come flipped or not already
+            x = resize_batch(x, size)
+            if aug_cfg.active:
+                x = augment_batch(x, aug_cfg, state.aug_gen)
         n = len(batch.labels)
         x, partner, lam = mixup(x, batch.labels, state.mixup)
         denom = state.weights[batch.labels].sum() if state.weights is not None else n
@@ -228,14 +168,17 @@ class Validation:
 
 @torch.no_grad()
 def run_validation(model: nn.Module, loader: BatchLoader, world: D.World, autocast,
-                   n_classes: int) -> Validation:
-    """Loss, accuracy and answer counts over every validation image, across all ranks."""
+                   n_classes: int, size: int | None = None) -> Validation:
+    """Loss, accuracy and answer counts over every image of `loader`, across all ranks, at
+    `size` px (None: as the loader gives them, the full size)."""
     model.eval()
     dev = loader.device
     dtype = next(model.parameters()).dtype
     sums = torch.zeros(3 + 2 * n_classes, dtype=torch.float64, device=dev)  # loss, correct, n
     for b in loader:
-        x = to_float(b.images, dtype)
+        x = _inputs(b.images, dtype)
+        if size is not None:
+            x = resize_batch(x, size)
         with autocast():
             logits = two_logits(_wide(model(x)))
         pred = logits.argmax(1)

@@ -40,16 +40,17 @@ from imgcls.data.preprocess import PreprocessSpec
 from imgcls.data.split import write_record
 from imgcls.errors import UserError
 from imgcls.fsutil import display
-from imgcls.models import ModelConfig
 from imgcls.runtime import precision_for, resolve_device
 from imgcls.train import distributed as D
 from imgcls.train.bnstats import collapse_warning, recalibrate
-from imgcls.train.epoch import (EpochOutcome, epochs_that_fit, plan_run, run_validation,
-                                train_epoch)
+from imgcls.train.epoch import EpochOutcome, run_validation, train_epoch
+from imgcls.train.plan import epochs_that_fit, plan_run, validates_fully
+from imgcls.train.probe import plan_to_budget
 from imgcls.train.prepare import data_summary, prepare_data, scan_lines
 from imgcls.train.report import (
     cpu_hint,
     epoch_line,
+    imagenet_hint,
     log,
     pace_note,
     precision_line,
@@ -71,6 +72,7 @@ from imgcls.train.state import (
     setup_device,
 )
 from imgcls.version import __version__
+from imgcls.words import first_line as _first_line
 
 MAXIMIZE = {"val_accuracy": True, "accuracy": True, "val_loss": False, "loss": False}
 
@@ -92,7 +94,8 @@ def epoch_stops(cfg: TrainConfig, state: TrainState, h: dict, stop: StopFlag,
     out_of_time = bool(cfg.time_limit and state.epoch + 1 < state.epochs and
                        h["elapsed_s"] + h["seconds"] > cfg.time_limit * 60)
     patience = bool(cfg.patience and state.bad_epochs >= cfg.patience)
-    fit = epochs_that_fit(cfg, state, h)
+    fit = epochs_that_fit(cfg, state.pace, state.epoch, state.epochs, h["elapsed_s"],
+                          state.min_size)
     # max of -fit: the fewest epochs any rank's clock allows.
     return D.agree(world, device, signal=stop.signal is not None, time=out_of_time,
                    patience=patience, fit=-fit,
@@ -129,15 +132,17 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     except (RuntimeError, OSError) as exc:
         if not world.active or not _looks_like_lost_peer(exc):
             raise
-        raise UserError(f"rank {world.rank}: lost contact with the other ranks ({_first_line(exc)}); "
-                        f"a rank probably died. The last complete checkpoint is kept: resume with "
-                        f"`imgcls train --resume {display(run)}` (any number of ranks)") from None
+        text = str(exc).lower()
+        what = (f"no answer from the other ranks within {D.timeout_s():g} s ({_first_line(exc)}):"
+                " a rank died, hung, or is busy past the process group's timeout "
+                "(IMGCLS_DIST_TIMEOUT, seconds)" if "timeout" in text or "timed out" in text
+                else f"lost contact with the other ranks ({_first_line(exc)}): a rank probably "
+                     "died")
+        raise UserError(f"rank {world.rank}: {what}. The last complete checkpoint is kept: "
+                        f"resume with `imgcls train --resume {display(run)}` (any number of "
+                        "ranks)") from None
     finally:
         D.shutdown(world)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _looks_like_lost_peer(exc: BaseException) -> bool:
@@ -177,9 +182,11 @@ def _fit_locked(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
         resumed, resumed_path, skipped = find_resumable(run)
         for w in skipped:
             log(world, f"imgcls: warning: skipping {w}", file=sys.stderr)
-    elif D.agree(world, device, taken=world.main and writer.holds_run())["taken"]:
-        stop_everywhere(world, f"{display(run)} already holds a run; continue it with "
-                         f"`imgcls train --resume {display(run)}` or choose another --out")
+    elif D.agree(world, device, taken=bool(traces := writer.run_traces()) and world.main
+                 )["taken"]:
+        stop_everywhere(world, f"{display(run)} already holds a run ({', '.join(traces)}); "
+                         f"continue it with `imgcls train --resume {display(run)}` or choose "
+                         "another --out")
 
     data = prepare_data(cfg, world, run, resume, None if resumed is None else
                         PreprocessSpec.from_dict(resumed.meta["preprocess"]))
@@ -197,8 +204,13 @@ def _fit_locked(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
                                "cache": str(data.cache.folder)})
     if resumed is None:
         cfg = plan_run(cfg, len(data.train_rows), world)
+        if hint := imagenet_hint(cfg, len(data.train_rows)):
+            log(world, hint, file=sys.stderr)
     state, train_loader, val_loader = build_state(cfg, data, device, world, resumed, run)
     state.started = started - (elapsed_before(resumed) if resumed is not None else 0.0)
+    if resumed is None and cfg.time_limit and cfg.schedule != "constant" and state.top is None:
+        log(world, plan_to_budget(cfg, state, train_loader, len(data.val_rows), world, device,
+                                  started))
     if resumed is None and (ramp := ramp_line(cfg, state.epochs, state.min_size)):
         log(world, ramp)
     log(world, f"Precision: {precision_line(device, cfg.amp)}")
@@ -216,9 +228,9 @@ def _fit_locked(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
         if not resume or not data.pinned:
             write_record(run, data.split)
     meta_base = {"class_names": index.class_names, "preprocess": data.spec.to_dict(),
-                 "model": ModelConfig(cfg.model, n_classes, dict(cfg.model_options)).to_dict(),
+                 "model": state.model_config.to_dict(), "run": str(run),
                  "config": cfg.to_dict(), "data_fingerprint": index.fingerprint,
-                 "precision": precision_for(device.type, cfg.amp, training=True)}
+                 "precision": precision_for(device.type, cfg.amp)}
     if state.init:
         meta_base["init"] = state.init
     if cfg.time_limit and resumed is not None and \
@@ -283,7 +295,7 @@ def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWr
             _save_epoch(cfg, state, h, improved, writer, meta_base, world, device, tb)
             line, state.said_seconds = pace_note(cfg, h, epoch == first, state.epochs,
                                                  state.pace, state.said_seconds, state.min_size)
-            if line:
+            if line and not decision["signal"]:  # a run that stops now has no time left
                 log(world, line, file=sys.stderr)
             if decision["signal"]:
                 result.interrupted = True
@@ -310,10 +322,12 @@ def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWr
 
 
 def _best_epoch(cfg: TrainConfig, history: list[dict]) -> int:
-    if not history:
+    """The best epoch by cfg.monitor among those that may be (_score_epoch's rule)."""
+    ok = [h for h in history if h.get("val_full", True) or not cfg.monitor.startswith("val_")]
+    if not ok:
         return 0
-    vals = [h[cfg.monitor] for h in history]
-    return 1 + (int(np.argmax(vals)) if MAXIMIZE[cfg.monitor] else int(np.argmin(vals)))
+    pick = max if MAXIMIZE[cfg.monitor] else min
+    return pick(ok, key=lambda h: h[cfg.monitor])["epoch"]
 
 
 def _seed_epoch(state: TrainState, cfg: TrainConfig, world: D.World, device: torch.device,
@@ -338,24 +352,29 @@ def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_lo
     """Reduce the epoch's sums, validate, and return its metrics line."""
     t_val, size = time.perf_counter(), epoch_size(cfg, state.epoch, state.epochs, state.min_size)
     D.all_sum(world, out.sums)
-    if state.recal_loader is not None and (state.recal_every or size < cfg.image_size):
+    full = state.val_sample is None or validates_fully(cfg, state.epoch, state.epochs,
+                                                       state.min_size)
+    if full and state.recal_loader is not None and (state.recal_every or size < cfg.image_size):
         state.recal_loader.set_epoch(state.epoch)
         recalibrate(state.model, state.recal_loader, cfg.bn_recalibrate if state.recal_every
                     else min(cfg.bn_recalibrate, SIZE_RECAL), state.micro, state.autocast, world)
     # The bare model, not the DDP wrapper: a rank with fewer validation batches (or none)
     # must not wait in a collective of a DDP forward that the others do not enter.
-    v = run_validation(state.model, val_loader, world, state.eval_autocast,
-                       len(state.class_names))
+    v = run_validation(state.eval_net, val_loader if full else state.val_sample, world,
+                       state.eval_autocast, len(state.class_names), None if full else size)
     s = out.sums.tolist()
     h = {"epoch": state.epoch + 1, "loss": s[0] / max(1.0, s[2]),
-         "accuracy": s[1] / max(1.0, s[2]), "val_loss": v.loss, "val_accuracy": v.accuracy,
-         "lr": state.opt.param_groups[0]["lr"],
+         "accuracy": s[1] / max(1.0, s[2]), "val_loss": float(v.loss),
+         "val_accuracy": float(v.accuracy), "lr": state.opt.param_groups[0]["lr"],
          "images_per_s": out.seen * world.size / max(out.seconds, 1e-9),
          "seconds": out.seconds + time.perf_counter() - t_val,
-         "elapsed_s": time.perf_counter() - started}
+         "elapsed_s": time.perf_counter() - started,
+         "resolution": size,  # px the epoch trained at
+         # every validation photo at the full size, or a fixed sample at the epoch's size
+         "val_images": int(v.true_counts.sum()), "val_full": full}
     state.pace.add(size, h["seconds"])
     warning = collapse_warning(v.pred_counts, v.true_counts, v.accuracy, h["accuracy"],
-                               state.class_names, state.epoch + 1)
+                               state.class_names, state.epoch + 1, cfg.preset)
     if warning:
         h["collapsed"] = True
         if not state.warned_collapse or state.epoch + 1 == state.epochs:
@@ -369,8 +388,12 @@ def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_lo
 
 
 def _score_epoch(cfg: TrainConfig, state: TrainState, h: dict, result: FitResult) -> bool:
-    """Add the epoch to the history; whether it is the best so far by cfg.monitor."""
+    """Add the epoch to the history; whether it is the best so far by cfg.monitor. Only an
+    epoch validated on every photo at the full size may be the best, or count towards
+    --patience, by a validation metric (a sample at a smaller size is not comparable)."""
     state.history.append(h)
+    if cfg.monitor.startswith("val_") and not h.get("val_full", True):
+        return False
     value = h[cfg.monitor]
     improved = state.best is None or (value > state.best if MAXIMIZE[cfg.monitor] else value < state.best)
     if improved:
@@ -389,7 +412,8 @@ def _save_epoch(cfg: TrainConfig, state: TrainState, h: dict, improved: bool,
                            full=False) if improved else None
         writer.end_epoch(state.epoch + 1, full, best, state.history)
         if tb is not None:
-            for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s"):
+            for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s",
+                      "resolution", "seconds"):
                 tb.add_scalar(k, h[k], state.epoch + 1)
             tb.flush()
     log(world, epoch_line(h, state.epochs))

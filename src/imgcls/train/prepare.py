@@ -52,37 +52,49 @@ def prepare_data(cfg: TrainConfig, world: D.World, run: Path | None = None,
     # A resumed run keeps the preprocessing it was trained with (an older version included).
     spec = spec or PreprocessSpec(cfg.image_size, cfg.image_size, resize=cfg.resize)
     record = read_record(run) if resume and run is not None else None
-    out = None
-    for turn in ("main", "others"):
-        if (turn == "main") == world.main:
+
+    def work() -> TrainData:
+        if record is not None:
             index = scan(cfg.data_dir, opts)
             val_index = scan(cfg.val_dir, val_opts) if cfg.val_dir else None
-            if cfg.max_per_class and record is None:  # on resume, the record is the sample
-                index = sample_per_class(index, cfg.max_per_class, cfg.seed)
-                val_index = val_index and sample_per_class(val_index, cfg.max_per_class, cfg.seed)
-            if record is not None:
-                sp, warnings = restore_split(record, index, val_index)
-                # Decode only the recorded files: a --max-per-class sample stays a sample
-                # (and its cache is the one reused), whatever the folder holds now.
-                index = _only(index, sp.train.samples + ([] if val_index else sp.val.samples))
-                val_index = val_index and _only(val_index, sp.val.samples)
-            else:
-                sp = (split_with_val_dir(index, val_index) if val_index else
-                      split_index(index, cfg.val_split, cfg.seed, cfg.split))
-                warnings = list(sp.notes)
-                if resume:
-                    warnings.append("this run has no record of its files (made by an older "
-                                    "imgcls): its split is recomputed from the folder as it is now")
-            progress = None if world.main else False
-            kw = dict(max_pixels=cfg.max_pixels, progress=progress, build=world.main)
-            cache = build_cache(index, spec, cfg.cache_dir, **kw)
-            val_cache = build_cache(val_index, spec, cfg.cache_dir, **kw) if val_index else cache
-            out = TrainData(index, sp, spec, cache, val_cache,
-                            cache.rows_for([s.path for s in sp.train.samples]),
-                            val_cache.rows_for([s.path for s in sp.val.samples]),
-                            warnings, record is not None)
-        D.barrier(world)
-    return out
+            sp, warnings = restore_split(record, index, val_index)
+            # Decode only the recorded files: a --max-per-class sample stays a sample
+            # (and its cache is the one reused), whatever the folder holds now.
+            index = _only(index, sp.train.samples + ([] if val_index else sp.val.samples))
+            val_index = val_index and _only(val_index, sp.val.samples)
+        else:
+            index, val_index, sp = scan_and_split(cfg, opts)
+            warnings = list(sp.notes)
+            if resume:
+                warnings.append("this run has no record of its files (made by an older "
+                                "imgcls): its split is recomputed from the folder as it is now")
+        progress = None if world.main else False
+        kw = dict(max_pixels=cfg.max_pixels, progress=progress, build=world.main)
+        cache = build_cache(index, spec, cfg.cache_dir, **kw)
+        val_cache = build_cache(val_index, spec, cfg.cache_dir, **kw) if val_index else cache
+        return TrainData(index, sp, spec, cache, val_cache,
+                         cache.rows_for([s.path for s in sp.train.samples]),
+                         val_cache.rows_for([s.path for s in sp.val.samples]),
+                         warnings, record is not None)
+
+    return D.main_first(world, work)
+
+
+def scan_and_split(cfg: TrainConfig, opts: ScanOptions | None = None
+                   ) -> tuple[DatasetIndex, DatasetIndex | None, Split]:
+    """THE photos a fresh run trains and validates on: the scan (and the validation
+    folder's), a --max-per-class sample, and the split. `imgcls show` draws from the same."""
+    opts = opts or ScanOptions(max_pixels=cfg.max_pixels, cache_dir=cfg.cache_dir,
+                               labels=cfg.labels)
+    index = scan(cfg.data_dir, opts)
+    val_index = (scan(cfg.val_dir, replace(opts, labels=val_dir_labels(cfg.labels)))
+                 if cfg.val_dir else None)
+    if cfg.max_per_class:
+        index = sample_per_class(index, cfg.max_per_class, cfg.seed)
+        val_index = val_index and sample_per_class(val_index, cfg.max_per_class, cfg.seed)
+    sp = (split_with_val_dir(index, val_index) if val_index else
+          split_index(index, cfg.val_split, cfg.seed, cfg.split))
+    return index, val_index, sp
 
 
 def _only(index: DatasetIndex, samples) -> DatasetIndex:

@@ -65,16 +65,20 @@ class Pace:
     slows down late (other work started on it) is planned at its latest pace, never faster."""
 
     seen: list[tuple[int, float]] = field(default_factory=list)  # (px, seconds) per epoch
+    # (px, seconds) estimated before any epoch ran (train.probe): used until one has
+    probed: list[tuple[int, float]] = field(default_factory=list)
 
     def add(self, size: int, seconds: float) -> None:
         self.seen.append((size, seconds))
 
     def seconds(self, size: int) -> float:
-        """Predicted seconds of an epoch at `size` px (0 before any epoch was timed)."""
-        if not self.seen:
+        """Predicted seconds of an epoch at `size` px (0 before any epoch was timed or
+        probed)."""
+        points = self.seen or self.probed
+        if not points:
             return 0.0
-        last_size, last = self.seen[-1]
-        model = self._model()
+        last_size, last = points[-1]
+        model = self._model(points)
         slower = max(1.0, last / max(model(last_size), 1e-9))  # the latest epoch's pace
         return model(size) * slower
 
@@ -83,9 +87,10 @@ class Pace:
         """Predicted seconds of epochs start..end-1 of a plan of `epochs`."""
         return sum(self.seconds(epoch_size(cfg, e, epochs, min_size)) for e in range(start, end))
 
-    def _model(self):
+    @staticmethod
+    def _model(seen: list[tuple[int, float]]):
         by_size: dict[int, list[float]] = {}
-        for size, t in self.seen:
+        for size, t in seen:
             by_size.setdefault(size, []).append(t)
         points = [(s, median(ts)) for s, ts in sorted(by_size.items())]
         fit = _fit(points)
@@ -122,4 +127,5 @@ def ramp_line(cfg: TrainConfig, epochs: int, min_size: int = 1) -> str:
     saved = 1 - full_epochs(cfg, 0, epochs, epochs, min_size) / epochs
     return (f"Resolution: epochs 1-{full} at {sizes[0]}-{sizes[max(full - 1, 0)]} px, then "
             f"{cfg.image_size} px (--low-res {cfg.low_res:g}; about {saved:.0%} less training "
-            "time; validation always at full size)")
+            f"time); validation: a fixed sample at each epoch's size until then, every photo "
+            "at the full size from there (only those epochs may be the best)")

