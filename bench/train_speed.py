@@ -4,7 +4,9 @@
 
 Times full optimizer steps (forward, backward, Adam) and no-grad forward passes on random
 0-255 input, after a warm-up step, and prints a table and a final JSON line with
-train_img_s, infer_img_s, peak_rss_mb, device. On the CPU it also times PyTorch's defaults
+train_img_s, infer_img_s, precision, peak_rss_mb, device: imgcls's rates are what its
+defaults do (`--amp auto`: bf16 where the CPU computes it natively, else float32), and the
+line says which precision was timed. On the CPU it also times PyTorch's defaults
 (no channels_last, glibc returning freed memory) to show what each setting buys. If
 TensorFlow/Keras is importable, the same network in Keras is timed in the same run.
 """
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from imgcls.models import ModelConfig, create_model
-from imgcls.runtime import cpu_threads, keep_freed_memory
+from imgcls.runtime import cpu_threads, keep_freed_memory, precision_for
 
 
 def torch_rates(size: int, batch: int, steps: int, device: str, channels_last: bool,
@@ -147,14 +149,18 @@ def main() -> None:
         rows.append(("pytorch defaults (NCHW)", *torch_rates(args.size, args.batch, args.steps,
                                                              "cpu", False)))
         rows.append(("+ channels_last", *torch_rates(args.size, args.batch, args.steps, "cpu", True)))
+    # What `imgcls train` and `predict` do by default (--amp auto) is what is reported.
+    precision = precision_for(args.device, "auto")
     if args.device == "cpu":
         keep_freed_memory()  # what `imgcls train` does on the CPU
-        best = torch_rates(args.size, args.batch, args.steps, "cpu", True)
-        rows.append(("+ reuse freed memory (imgcls)", *best))
-        if args.bf16:
+        fp32 = torch_rates(args.size, args.batch, args.steps, "cpu", True)
+        rows.append(("+ reuse freed memory, float32", *fp32))
+        best = fp32
+        if precision == "bf16" or args.bf16:
             bf = torch_rates(args.size, args.batch, args.steps, "cpu", True, amp=True)
-            rows.append(("+ bf16 autocast", *bf))
-            best = (best[0], max(best[1], bf[1]))  # imgcls infers in bf16 here, trains in fp32
+            rows.append(("+ bf16 autocast" + (" (imgcls's default here)"
+                                              if precision == "bf16" else ""), *bf))
+            best = bf if precision == "bf16" else fp32
     else:
         best = torch_rates(args.size, args.batch, args.steps, "cuda", True, amp=True)
         rows.append(("cuda bf16 channels_last", *best))
@@ -172,6 +178,7 @@ def main() -> None:
     for name, tr, inf in rows:
         print(f"{name:44}{tr:>12.2f}{inf:>12.2f}")
     res = {"train_img_s": round(best[0], 3), "infer_img_s": round(best[1], 3),
+           "precision": precision,
            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
            "size": args.size, "batch": args.batch, "torch": torch.__version__,

@@ -34,7 +34,7 @@ def test_cache_pixels_equal_preprocess_output_bit_for_bit(tree, tmp_path):
     index = scan(tree)
     for workers in (1, 2):
         cache = build_cache(index, SPEC, tmp_path / f"c{workers}", workers=workers)
-        arr = cache.images()
+        arr = np.load(cache.images_path, mmap_mode="r")
         assert arr.shape == (len(index.samples), 24, 32, 3) and arr.dtype == np.uint8
         for row, s in enumerate(index.samples):
             assert np.array_equal(arr[row], load_image(index.abspath(s), SPEC)), s.path
@@ -57,7 +57,7 @@ def test_reused_when_unchanged_rebuilt_when_anything_changes(tree, tmp_path):
     changed = build_cache(scan(tree), SPEC, c)
     assert not changed.reused
     row = changed.paths.index("cat/1.jpg")
-    assert np.array_equal(changed.images()[row], load_image(tree / "cat" / "1.jpg", SPEC))
+    assert np.array_equal(np.load(changed.images_path, mmap_mode="r")[row], load_image(tree / "cat" / "1.jpg", SPEC))
 
     images.jpeg(tree / "dog" / "new.jpg", seed=77)  # added
     added = build_cache(scan(tree), SPEC, c)
@@ -138,7 +138,7 @@ def test_a_file_rewritten_with_the_same_size_and_mtime_gets_its_new_pixels(tree,
     changed = build_cache(scan(tree), SPEC, c)
     assert changed.folder != first.folder
     row = changed.paths.index("cat/same.bmp")
-    assert np.array_equal(changed.images()[row], load_image(path, SPEC))
+    assert np.array_equal(np.load(changed.images_path, mmap_mode="r")[row], load_image(path, SPEC))
 
 
 def test_the_pillow_version_is_part_of_the_cache_key(tree, monkeypatch):
@@ -164,7 +164,7 @@ def test_clean_up_keeps_a_cache_another_job_is_reading(tree, tmp_path):
         images.jpeg(tree / "cat" / "new.jpg", seed=4321)
         newer = build_cache(scan(tree), SPEC, c)
         assert newer.folder != old and old.exists()  # in use: kept
-        assert open_cache(old).images().shape[0] == 16
+        assert np.load(open_cache(old).images_path, mmap_mode="r").shape[0] == 16
     finally:
         reader.kill()
         reader.wait()

@@ -39,6 +39,21 @@ def test_export_reports_parity_on_real_images(trained, capsys, tmp_path):
     assert diff <= 1e-4
 
 
+def test_export_into_a_folder_writes_the_runs_name_inside_it(trained, tmp_path, capsys):
+    """`-o DIR/` (old main: an error) writes DIR/RUN.onnx; the TTA answers of both
+    engines were checked before it was written."""
+    _, run, _ = trained
+    folder = tmp_path / "models"
+    folder.mkdir()
+    assert main(["export", str(run), "-o", str(folder) + "/"]) == 0
+    assert (folder / f"{run.name}.onnx").is_file()
+    assert main(["export", str(run / "best.safetensors"), "-o", str(folder)]) == 0
+    assert (folder / "best.onnx").is_file()
+    a = Predictor.from_checkpoint(run, amp="off").predict([str(run.parent / "data" / "cat" / "cat.0.jpg")], tta=True)
+    b = Predictor.from_checkpoint(folder / "best.onnx").predict([str(run.parent / "data" / "cat" / "cat.0.jpg")], tta=True)
+    assert abs(a[0].probabilities["cat"] - b[0].probabilities["cat"]) < 1e-4
+
+
 def test_onnx_metadata_and_dynamic_batch(trained):
     _, run, out = trained
     model = onnx.load(str(out))

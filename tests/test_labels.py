@@ -90,7 +90,7 @@ def test_labels_from_a_csv_with_every_kind_of_bad_row(tmp_path, capsys):
     assert p["empty labels"] == ["line 21 (img/b1.jpg)"]
     assert p["files present but not listed"] == ["img/unlisted.jpg"]
     rejected = {r["path"]: r["reason"] for r in doc["rejected"]}
-    assert rejected["img/broken.jpg"] == "empty file" and "two different labels" in rejected["img/a0.jpg"]
+    assert rejected["img/broken.jpg"] == "empty file (0 bytes)" and "two different labels" in rejected["img/a0.jpg"]
     assert main(["scan", str(root), "--labels", f"csv:{labels}"]) == 0
     out = capsys.readouterr().out
     assert "1 rows naming missing files: line 19: img/gone.jpg" in out

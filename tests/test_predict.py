@@ -130,7 +130,7 @@ def test_prediction_equals_the_models_output_during_training(trained):
     model.eval()
     index = scan(data)
     cache = build_cache(index, PreprocessSpec.from_dict(ckpt.meta["preprocess"]))
-    x = torch.from_numpy(np.array(cache.images()[:10])).permute(0, 3, 1, 2).double()
+    x = torch.from_numpy(np.array(np.load(cache.images_path, mmap_mode="r")[:10])).permute(0, 3, 1, 2).double()
     with torch.no_grad():
         want = model.double()(x).softmax(1).numpy()
     # float64 both: predict runs the model channels_last, whose kernels sum in another order
@@ -309,6 +309,49 @@ def test_inputs_that_are_not_images_are_refused_by_name(trained):
     for size in (0, -1, 2.5, True):
         with pytest.raises(imgcls.UserError, match="batch-size must be a whole number >= 1"):
             model.predict([np.zeros((8, 8, 3), np.uint8)], batch_size=size)
+
+
+def test_float_arrays_are_read_by_one_rule_or_refused(trained, tmp_path):
+    """Old main answered 90% for an ImageNet-normalised array and read a 0..1 photo with one
+    value at 1.01 as a nearly black 0..255 image; a (3, H, W) tensor the same."""
+    import imgcls
+
+    _, run = trained
+    model = imgcls.load(run, amp="off")
+    photo = images.pattern(40, 36, 3)
+    unit = photo / 255.0
+    want = model.probabilities(photo)[0]
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    normalised = (unit - mean) / std
+    stray = unit.copy()
+    stray[0, 0, 0] = 1.01
+    refused = {"ImageNet-normalised": normalised, "stray value above 1": stray,
+               "above 255": unit * 300, "tensor normalised": torch.from_numpy(
+                   normalised.transpose(2, 0, 1).copy())}
+    preds = model.predict(list(refused.values()))
+    for (what, _), p in zip(refused.items(), preds):
+        assert p.error and p.class_name is None, what
+        assert "0..1 (or 0..255)" in p.error, (what, p.error)
+    assert "negative" in preds[0].error
+    # Rounding noise past either end of 0..1 reads as 0..1; a 0..255 float photo as 0..255.
+    noisy = unit.astype(np.float32) * (1 + 1e-6) - 1e-7
+    for ok in (noisy, photo.astype(np.float64), torch.from_numpy(unit.transpose(2, 0, 1).copy())):
+        assert np.abs(model.probabilities(ok)[0] - want).max() <= 1e-4
+
+
+def test_an_empty_file_is_called_what_scan_calls_it(trained, tmp_path, capsys):
+    from imgcls.data.scan import ScanOptions, scan
+
+    _, run = trained
+    empty = tmp_path / "d" / "cat" / "zero.jpg"
+    empty.parent.mkdir(parents=True)
+    empty.write_bytes(b"")
+    images.jpeg(tmp_path / "d" / "cat" / "ok.jpg")
+    images.jpeg(tmp_path / "d" / "dog" / "ok.jpg", seed=1)
+    said = scan(tmp_path / "d", ScanOptions(min_classes=1)).rejected[0].reason
+    capsys.readouterr()
+    assert main(["predict", str(run), str(empty)]) == 1
+    assert f"zero.jpg: {said}" in capsys.readouterr().err and said == "empty file (0 bytes)"
 
 
 def test_predict_batch_size_below_one_is_one_line(trained, capsys):

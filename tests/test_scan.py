@@ -97,7 +97,7 @@ def test_dirty_folder_is_reported_file_by_file_and_left_untouched(dirty, capsys)
     rejected = {r["path"]: r["reason"] for r in doc["rejected"]}
     ignored = {r["path"]: r["reason"] for r in doc["ignored"]}
     assert doc["classes"] == ["cats", "dogs"]
-    assert rejected["cats/zero.jpg"] == "empty file"
+    assert rejected["cats/zero.jpg"] == "empty file (0 bytes)"
     assert rejected["cats/truncated.jpg"].startswith("truncated or corrupt")
     assert rejected["cats/text.jpg"] == "not an image"
     assert rejected["cats/bomb.png"].startswith("too large to decode safely")

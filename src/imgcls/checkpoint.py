@@ -28,6 +28,7 @@ from safetensors.torch import save as st_save
 from imgcls.errors import UserError
 from imgcls.fsutil import atomic_write_bytes, display
 from imgcls.version import __version__
+from imgcls.words import first_line
 
 FORMAT_VERSION = 2  # 2: the checksum covers the JSON metadata too
 
@@ -93,22 +94,42 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{display(path)}: not an imgcls checkpoint ({exc})") from None
 
 
-def load_checkpoint(path: str | os.PathLike, train_state: bool = True) -> Checkpoint:
-    """Load and verify a checkpoint file; raises CheckpointError if damaged or foreign."""
+def header_metadata(data: bytes) -> dict:
+    """A safetensors file's metadata, parsed from its bytes (an 8-byte little-endian header
+    length, then the JSON header): the same bytes as its tensors, never a second read."""
+    if len(data) < 8:
+        raise ValueError("shorter than a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError("header longer than the file (truncated)")
+    header = json.loads(data[8:8 + n])
+    meta = header.get("__metadata__") or {} if isinstance(header, dict) else {}
+    if not isinstance(meta, dict):
+        raise ValueError("malformed metadata")
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, train_state: bool = True,
+                    data: bytes | None = None) -> Checkpoint:
+    """Load and verify a checkpoint file; raises CheckpointError if damaged or foreign.
+
+    The file is read once: tensors, metadata and checksum all come from the same bytes, so
+    a file replaced while it is read (a run saving `last`) is whole or reported damaged,
+    never half one and half the other. data: those bytes, where the caller read them."""
     path = Path(path)
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"{display(path)}: cannot read ({exc.strerror})") from None
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"{display(path)}: cannot read ({exc.strerror})") from None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+        metadata = header_metadata(data)
         tensors = st_load(data)
         meta = json.loads(metadata["imgcls"])
         train_meta = json.loads(metadata.get("imgcls_train") or "{}")
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{display(path)}: truncated or not an imgcls checkpoint "
-                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                              f"({first_line(exc)})"
                               ) from None
     version = meta.get("format_version", 0)
     covered = (metadata["imgcls"], metadata.get("imgcls_train") or "{}") if version >= 2 else ()
@@ -147,16 +168,34 @@ def epoch_path(run_dir: str | os.PathLike, epoch: int) -> Path:
 
 
 def resolve_model_path(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run folder (its best checkpoint, else its last)."""
+    """A checkpoint file, or a run folder's validated model (its best checkpoint). A run
+    folder with only a mid-epoch save (stopped before its first validation) is refused:
+    that model was never validated, and best is what every entry point promises."""
     p = Path(path)
     if p.is_dir():
-        for name in (BEST, LAST):
-            if (p / name).is_file():
-                return p / name
+        if (p / BEST).is_file():
+            return p / BEST
+        if (p / LAST).is_file():
+            raise UserError(f"{display(p)}: no validated model yet ({unvalidated(p / LAST)}); "
+                            f"resume it with `imgcls train --resume {display(p)}`")
         raise UserError(f"{display(p)}: no {BEST} or {LAST} in this folder (not a run folder?)")
     if not p.exists():
         raise UserError(f"{display(p)}: no such checkpoint or run folder")
     return p
+
+
+def unvalidated(path: Path, meta: dict | None = None) -> str:
+    """What a mid-epoch save is, in words ("" for a checkpoint made at an epoch's end)."""
+    try:
+        meta = meta if meta is not None else read_metadata(path)
+    except CheckpointError:
+        return "its last save is unreadable"
+    step = meta.get("step", 0)
+    if not step:
+        return ""
+    steps = (meta.get("steps") or "?")
+    return (f"{display(path.name)} is a mid-epoch save, epoch {meta.get('epoch', 0) + 1} "
+            f"step {step}{'' if steps == '?' else f' of {steps}'}, never validated")
 
 
 def find_resumable(run_dir: str | os.PathLike) -> tuple[Checkpoint, Path, list[str]]:

@@ -102,20 +102,6 @@ def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate image i by angles[i] radians (counter-clockwise); an angle of 0 is exact."""
-    b, _, h, w = x.shape
-    # In image coordinates (y down), sampling the input at R(a) @ output turns it counter-clockwise.
-    out = warp(x, affine_matrices(b, h, w, angles=angles.to(x.device), device=x.device))
-    return torch.where((angles == 0).to(x.device)[:, None, None, None], x, out)
-
-
-def random_rotation(x: torch.Tensor, factor: float, g: torch.Generator) -> torch.Tensor:
-    if not factor:
-        return x
-    return rotate(x, _uniform(x.shape[0], -factor, factor, g, x.device) * 2 * math.pi)
-
-
 def random_color(x: torch.Tensor, brightness: float, contrast: float,
                  g: torch.Generator) -> torch.Tensor:
     b = x.shape[0]

@@ -68,10 +68,6 @@ class ImageCache:
         """Rows that hold a decoded image."""
         return np.flatnonzero(self.labels >= 0)
 
-    def images(self) -> np.memmap:
-        """The whole (N, H, W, 3) array, memory-mapped read-only."""
-        return np.load(self.images_path, mmap_mode="r")
-
     def rows_for(self, paths: list[str]) -> np.ndarray:
         """Rows of the given relative paths (files dropped at build time are left out)."""
         where = {p: i for i, p in enumerate(self.paths)}
@@ -189,6 +185,48 @@ def _decode_into(fd: int, offset: int, spec: PreprocessSpec, max_pixels: int,
     return None
 
 
+def _write_into(tmp: Path, index: DatasetIndex, spec: PreprocessSpec, workers: int,
+                max_pixels: int, progress: bool | None) -> int | None:
+    """Decode every photo into tmp/images.npy, then the labels and the manifest (written
+    last: a folder without it is no cache). Returns the reader lock held on it."""
+    t0 = time.perf_counter()
+    n = len(index.samples)
+    # Writes the .npy header and sizes the file (sparse); pixels come from the workers.
+    mm = np.lib.format.open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8,
+                                   shape=(n, spec.height, spec.width, 3))
+    offset = mm.offset
+    del mm
+    labels = np.array([s.label for s in index.samples], dtype=np.int64)
+    fd = os.open(tmp / IMAGES, os.O_WRONLY)
+    try:
+        reasons = thread_map(
+            lambda job: _decode_into(fd, offset, spec, max_pixels, *job),
+            [(i, index.abspath(s)) for i, s in enumerate(index.samples)],
+            workers, desc="cache", unit="img", progress=progress)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dropped = []
+    for row, reason in sorted((row, r) for row, r in enumerate(reasons) if r is not None):
+        labels[row] = -1
+        dropped.append(FileNote(index.samples[row].path, reason))
+        logger.warning(f"{display(index.samples[row].path)}: {reason}; left out")
+    np.save(tmp / LABELS, labels)
+    (tmp / READER_LOCK).touch()
+    # Hold the reader lock from before the rename: another build's clean-up must never
+    # remove this cache between the rename and our open_cache.
+    held = _hold_reader_lock(tmp)
+    atomic_write_json(tmp / MANIFEST, {
+        "version": CACHE_VERSION, "fingerprint": index.fingerprint, "root": index.root,
+        "spec": spec.to_dict(), "count": n, "data_offset": offset,
+        "class_names": index.class_names, "paths": [s.path for s in index.samples],
+        "dropped": [{"path": d.path, "reason": d.reason} for d in dropped],
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "built_seconds": round(time.perf_counter() - t0, 3),
+    }, indent=None)
+    return held
+
+
 def build_cache(index: DatasetIndex, spec: PreprocessSpec, cache_dir: str | os.PathLike | None = None,
                 workers: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS,
                 progress: bool | None = None, build: bool = True) -> ImageCache:
@@ -218,46 +256,11 @@ def build_cache(index: DatasetIndex, spec: PreprocessSpec, cache_dir: str | os.P
                         "which this machine does not see; on several machines give every rank "
                         "the same shared --cache-dir")
 
-    t0 = time.perf_counter()
     base.mkdir(parents=True, exist_ok=True)
     tmp = base / f"{family}-{key}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
     tmp.mkdir()
     try:
-        n = len(index.samples)
-        # Writes the .npy header and sizes the file (sparse); pixels come from the workers.
-        mm = np.lib.format.open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8,
-                                       shape=(n, spec.height, spec.width, 3))
-        offset = mm.offset
-        del mm
-        labels = np.array([s.label for s in index.samples], dtype=np.int64)
-        fd = os.open(tmp / IMAGES, os.O_WRONLY)
-        try:
-            reasons = thread_map(
-                lambda job: _decode_into(fd, offset, spec, max_pixels, *job),
-                [(i, index.abspath(s)) for i, s in enumerate(index.samples)],
-                workers, desc="cache", unit="img", progress=progress)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        failures = [(row, r) for row, r in enumerate(reasons) if r is not None]
-        dropped = []
-        for row, reason in sorted(failures):
-            labels[row] = -1
-            dropped.append(FileNote(index.samples[row].path, reason))
-            logger.warning(f"{display(index.samples[row].path)}: {reason}; left out")
-        np.save(tmp / LABELS, labels)
-        (tmp / READER_LOCK).touch()
-        # Hold the reader lock from before the rename: another build's clean-up must never
-        # remove this cache between the rename and our open_cache.
-        held = _hold_reader_lock(tmp)
-        elapsed = time.perf_counter() - t0
-        atomic_write_json(tmp / MANIFEST, {
-            "version": CACHE_VERSION, "fingerprint": index.fingerprint, "root": index.root,
-            "spec": spec.to_dict(), "count": n, "data_offset": offset,
-            "class_names": index.class_names, "paths": [s.path for s in index.samples],
-            "dropped": [{"path": d.path, "reason": d.reason} for d in dropped],
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "built_seconds": round(elapsed, 3),
-        }, indent=None)
+        held = _write_into(tmp, index, spec, workers, max_pixels, progress)
         try:
             os.rename(tmp, final)
         except OSError:

@@ -26,6 +26,7 @@ from pathlib import Path
 from imgcls.data.files import Found, has_image_name, walk
 from imgcls.errors import UserError
 from imgcls.fsutil import display
+from imgcls.words import few
 
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "fname", "image", "image_id",
                 "img", "id", "name")
@@ -226,7 +227,5 @@ def describe(problems: dict[str, list[str]], n: int = 3) -> list[str]:
     """One line per kind of problem: a count and the first few examples."""
     out = []
     for kind, items in problems.items():
-        shown = ", ".join(display(x) for x in items[:n])
-        more = f" and {len(items) - n} more" if len(items) > n else ""
-        out.append(f"{len(items)} {kind}: {shown}{more}")
+        out.append(f"{len(items)} {kind}: {few([display(x) for x in items], n)}")
     return out

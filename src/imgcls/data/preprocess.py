@@ -24,6 +24,8 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps
 
+from imgcls.words import first_line
+
 RESIZE_MODES = ("stretch", "crop", "pad")
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
@@ -43,6 +45,9 @@ PREPROCESS_VERSION = 2
 
 class ImageError(ValueError):
     """An image that cannot be prepared; the message names the problem, not the file."""
+
+
+EMPTY = "empty file (0 bytes)"  # what scan, predict and serve all call a file of no bytes
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ def open_image(source: Source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
         return array_to_image(source, max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if not len(source):
-            raise ImageError("empty (0 bytes)")
+            raise ImageError(EMPTY)
         source = io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)):
         _check_regular_file(source)
@@ -143,14 +148,16 @@ def _check_regular_file(path) -> None:
     import stat
 
     try:
-        mode = os.stat(path).st_mode
+        st = os.stat(path)
     except FileNotFoundError:
         raise ImageError("no such file") from None
     except OSError as exc:
         raise ImageError(f"unreadable: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(mode):
-        raise ImageError("a folder, not a file" if stat.S_ISDIR(mode) else
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError("a folder, not a file" if stat.S_ISDIR(st.st_mode) else
                          "not a regular file (a pipe, socket or device)")
+    if st.st_size == 0:
+        raise ImageError(EMPTY)
 
 
 def _is_tensor(x) -> bool:
@@ -186,10 +193,7 @@ def array_to_image(a: np.ndarray, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
     if a.dtype == np.bool_:
         a = a.astype(np.uint8) * 255
     elif np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all():
-            raise ImageError("the array holds NaN or infinite values")
-        a = a.astype(np.float64)
-        a = np.rint(a * 255.0 if a.max() <= 1.0 else a)  # as a float ("F") file: 0..1 or 0..255
+        a = np.rint(float_scale(a.astype(np.float64)))
     elif np.issubdtype(a.dtype, np.integer) and a.dtype != np.uint8:
         # as to_rgb treats the files: 16-bit ("I;16") always spans 0..65535; a 32-bit ("I")
         # image holding 8-bit values stays as it is
@@ -200,6 +204,37 @@ def array_to_image(a: np.ndarray, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
     a = np.ascontiguousarray(np.clip(a, 0, 255).astype(np.uint8))
     mode = {2: "L", 3: {2: "LA", 3: "RGB", 4: "RGBA"}.get(a.shape[-1])}[a.ndim]
     return Image.fromarray(a, mode)
+
+
+# Rounding noise a float image may carry past its range (0..1 images computed in float32,
+# say), in units of its range: 1.0000001 is 1, and -1e-7 is 0.
+FLOAT_SLACK = 0.5 / 255
+# A float array is read as 0..255 only when more than this share of its values is above 1:
+# a photo in 0..1 with a stray value of 1.01 must not be read as a nearly black 0..255 image.
+MIN_SHARE_ABOVE_1 = 0.01
+FLOAT_RULE = ("a float array must hold 0..1 (or 0..255) pixel values; normalised arrays "
+              "(ImageNet's mean and std, -1..1) are not images: give the pixels")
+
+
+def float_scale(a: np.ndarray) -> np.ndarray:
+    """A float image -> 0..255 floats, by the one rule: values in 0..1 (rounding noise past
+    either end allowed) are scaled by 255; values in 0..255 of which more than a stray few
+    are above 1 are kept; anything else (negative values, values above 255, a 0..1 image
+    with a few values past 1) is refused, since any reading of it would be a guess."""
+    if not np.isfinite(a).all():
+        raise ImageError("the array holds NaN or infinite values")
+    lo, hi = float(a.min()), float(a.max())
+    if lo < -FLOAT_SLACK:
+        raise ImageError(f"the array holds negative values ({lo:.3g} to {hi:.3g}): {FLOAT_RULE}")
+    if hi <= 1.0 + FLOAT_SLACK:
+        return np.clip(a, 0.0, 1.0) * 255.0
+    if hi > 255.0 + 255 * FLOAT_SLACK:
+        raise ImageError(f"the array holds values up to {hi:.4g}: {FLOAT_RULE}")
+    if float((a > 1.0).mean()) <= MIN_SHARE_ABOVE_1:
+        raise ImageError(f"the array holds values from {lo:.3g} to {hi:.4g}, almost all of "
+                         f"them within 0..1: neither a 0..1 nor a 0..255 image; "
+                         f"{FLOAT_RULE}")
+    return np.clip(a, 0.0, 255.0)
 
 
 def _orientation(im: Image.Image) -> int:
@@ -238,10 +273,9 @@ def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) 
         # 16-bit files (PNG, TIFF) span 0..65535; 32-bit "I" from 8-bit sources spans 0..255.
         scale = 257.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 1.0
         return Image.fromarray(np.clip(np.rint(arr / scale), 0, 255).astype(np.uint8)).convert("RGB")
-    if mode == "F":
-        arr = np.asarray(im, dtype=np.float64)
-        arr = arr * 255.0 if arr.max(initial=0) <= 1.0 else arr
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).convert("RGB")
+    if mode == "F":  # a float file: the rule of float arrays
+        arr = float_scale(np.asarray(im, dtype=np.float64))
+        return Image.fromarray(np.rint(arr).astype(np.uint8)).convert("RGB")
     if mode == "P" and "transparency" in im.info or mode in ("PA", "LA", "La", "RGBa"):
         im = im.convert("RGBA")
         mode = "RGBA"
@@ -324,8 +358,7 @@ def load_image(source: Source, spec: PreprocessSpec,
         raise
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError,
             TypeError, KeyError, ZeroDivisionError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageError(f"truncated or corrupt: {msg}") from None
+        raise ImageError(f"truncated or corrupt: {first_line(exc)}") from None
     if arr.shape != (spec.height, spec.width, 3):  # pragma: no cover - a Pillow contract
         raise ImageError(f"unexpected decoded shape {arr.shape}")
     return arr

@@ -29,10 +29,11 @@ from imgcls.data.files import (
     walk,
 )
 from imgcls.data.index import DatasetIndex, FileNote, Sample, compute_fingerprint
-from imgcls.data.preprocess import DEFAULT_MAX_PIXELS
+from imgcls.data.preprocess import DEFAULT_MAX_PIXELS, EMPTY
 from imgcls.errors import UserError, require_whole
 from imgcls.fsutil import atomic_write_json, display, is_within
 from imgcls.runtime import thread_map
+from imgcls.words import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def check_file(path: str, image_name: bool, max_pixels: int, min_side: int) -> C
         with open(path, "rb") as f:
             head = f.read(64)
             if not head:
-                return (bad, "empty file", "", 0, 0)
+                return (bad, EMPTY, "", 0, 0)
             if not image_name and not might_be_image(f):
                 return ("ignored", "not an image", "", 0, 0)
             f.seek(0)
@@ -202,8 +203,7 @@ def check_file(path: str, image_name: bool, max_pixels: int, min_side: int) -> C
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
             ZeroDivisionError, MemoryError, TypeError, KeyError) as exc:
         # Pillow signals corrupt data with a variety of exception types.
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return (bad, f"truncated or corrupt: {msg}", digest, 0, 0)
+        return (bad, f"truncated or corrupt: {first_line(exc)}", digest, 0, 0)
     return ("ok", "", digest, w, h)
 
 

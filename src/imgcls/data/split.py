@@ -30,6 +30,7 @@ import numpy as np
 from imgcls.data.index import DatasetIndex
 from imgcls.errors import UserError
 from imgcls.fsutil import atomic_write_bytes, display
+from imgcls.words import few
 
 SPLIT_FILE = "split.json.gz"
 RECORD_VERSION = 1
@@ -177,8 +178,7 @@ def split_with_val_dir(train: DatasetIndex, val: DatasetIndex) -> Split:
 
 
 def _examples(paths: list[str], n: int = 3) -> str:
-    shown = ", ".join(display(p) for p in paths[:n])
-    return shown + (f" and {len(paths) - n} more" if len(paths) > n else "")
+    return few([display(p) for p in paths], n)
 
 
 # ----------------------------------------------------------------------------- the record
@@ -232,9 +232,8 @@ class Drift:
               [f"{display(p)} (changed)" for p in self.changed]
         if not bad:
             return None
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         return (f"{len(bad)} of the run's {what} files vanished or changed since the run "
-                f"started and are left out: {shown}")
+                f"started and are left out: {few(bad, 5)}")
 
 
 def _pinned(index: DatasetIndex, rows: list[list]) -> tuple[list[int], Drift]:

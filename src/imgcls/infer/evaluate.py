@@ -190,26 +190,59 @@ class EvalSet:
     training_names: list[str] = field(default_factory=list)
     rejected: int = 0
     all_training: bool = False  # every photo was a training photo: scored anyway, said so
+    run: Path | None = None  # the run that trained the model; None where it was not found
+
+
+def find_run(model_path: Path, meta: dict) -> Path | None:
+    """THE rule for which run a model file belongs to: the run folder given; the folder of
+    its file (best, last); the run above `checkpoints/` (an epoch file); else the run its
+    metadata records (a copy elsewhere: the checkpoint's `run`, an ONNX file's `source`),
+    where that folder still holds a run of the same data. None where none is found."""
+    model_path = Path(model_path)
+    recorded = [meta.get("run"), meta.get("source")]
+    here = model_path if model_path.is_dir() else model_path.parent
+    candidates = [here, here.parent if here.name == "checkpoints" else None]
+    for rec in filter(None, recorded):
+        rec = Path(rec)
+        folder = rec if rec.is_dir() else rec.parent
+        candidates += [folder, folder.parent if folder.name == "checkpoints" else None]
+    for c in filter(None, candidates):
+        if _is_run_of(c, meta):
+            return c
+    return None
+
+
+def _is_run_of(folder: Path, meta: dict) -> bool:
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    want = meta.get("config", {}).get("data_dir")
+    return isinstance(cfg, dict) and (want is None or cfg.get("data_dir") == want)
 
 
 def evaluation_set(model_path: Path, class_names: list[str], data_dir=None,
                    labels: str | None = None, cache_dir: str | None = None,
-                   moved_to: str | None = None) -> EvalSet:
+                   moved_to: str | None = None, meta: dict | None = None) -> EvalSet:
     """The one rule for what an evaluation scores: the run's own validation files (its data
     folder at `moved_to` if it moved), or a folder's photos minus those the run trained on
-    (its split record's digests)."""
+    (its split record's digests). The run is found by find_run."""
     from imgcls.data.scan import ScanOptions, scan
     from imgcls.data.split import DIGEST_CHARS, read_record
 
-    run_dir = model_path if model_path.is_dir() else model_path.parent
+    run_dir = find_run(Path(model_path), meta or {})
     if data_dir is None:
+        if run_dir is None:
+            raise UserError(f"{display(model_path)}: the run that trained this model was not "
+                            "found (the model is outside its run folder, and no run it "
+                            "records is left); give a DATA_DIR to evaluate on")
         items, names, root = run_validation_items(run_dir, class_names, moved_to)
-        return EvalSet(items, names, root)
+        return EvalSet(items, names, root, run=run_dir)
     index = scan(data_dir, ScanOptions(cache_dir=cache_dir, min_classes=1,
                                        labels=labels or "folders"))
     items, names = items_for(index, class_names)
-    out = EvalSet(items, names, index.root, rejected=len(index.rejected))
-    record = read_record(run_dir) if (run_dir / "config.json").exists() else None
+    out = EvalSet(items, names, index.root, rejected=len(index.rejected), run=run_dir)
+    record = read_record(run_dir) if run_dir is not None else None
     if record is None:
         return out
     trained = {row[3] for row in record["train"]}
@@ -229,6 +262,10 @@ def evaluation_set(model_path: Path, class_names: list[str], data_dir=None,
 def evaluate_set(predictor: Predictor, es: EvalSet, tta: bool | None, batch_size: int = 32,
                  progress: bool | None = False) -> EvalReport:
     """evaluate() over an EvalSet, with what was set apart counted in the report."""
+    if es.run is None:
+        warnings.warn(f"the run that trained this model was not found (the model is outside "
+                      f"its run folder): photos of {display(es.root)} it trained on cannot be "
+                      "told apart, so these scores may count them", UserWarning, stacklevel=2)
     if es.all_training:
         warnings.warn(f"every photo in {display(es.root)} was in the run's training set: the "
                       "scores say how well the model fits its training photos, not how it "
@@ -268,5 +305,8 @@ def figures(report: EvalReport, out_dir: Path, metrics_file: Path | None = None)
     return written
 
 
-def default_out_dir(model_path: Path) -> Path:
+def default_out_dir(model_path: Path, run: Path | None) -> Path:
+    """Figures go to the model's run folder; a model outside any run, beside its file."""
+    if run is not None:
+        return run
     return model_path if model_path.is_dir() else model_path.parent

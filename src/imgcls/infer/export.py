@@ -86,9 +86,20 @@ def _check_images(meta: dict, predictor: Predictor, folder: str | None,
     return rng.integers(0, 256, (n, spec.height, spec.width, 3), dtype=np.uint8), False
 
 
+def onnx_path(out: str | os.PathLike, model_path: str | os.PathLike) -> Path:
+    """Where the ONNX file goes: `out`, or inside it when it is a folder (or ends with a
+    slash): RUN.onnx for a run folder, CHECKPOINT.onnx for a file."""
+    if os.fspath(out).endswith(os.sep) or Path(out).is_dir():
+        Path(out).mkdir(parents=True, exist_ok=True)
+        model = Path(model_path)
+        return Path(out) / f"{(model if model.is_dir() else model.with_suffix('')).name}.onnx"
+    return Path(out)
+
+
 def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, opset: int = 17,
                 check_dir: str | None = None, check_count: int = 8) -> ExportReport:
     src = resolve_model_path(model_path)
+    out = onnx_path(out, Path(model_path).resolve())
     try:
         ckpt = load_checkpoint(src, train_state=False)
     except CheckpointError as exc:
@@ -135,8 +146,9 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, opset: in
     torch_side = Predictor.from_checkpoint(src, device="cpu", amp="off")
     onnx_side = Predictor(OnnxBackend(data), src)
     images, real = _check_images(meta, torch_side, check_dir, check_count)
-    t_probs = torch_side.probabilities(images, tta=False)
-    o_probs = onnx_side.probabilities(images, tta=False)
+    # Both ways: without TTA and with it (the Predictor's one flip TTA, on either backend).
+    t_probs = np.concatenate([torch_side.probabilities(images, tta=t) for t in (False, True)])
+    o_probs = np.concatenate([onnx_side.probabilities(images, tta=t) for t in (False, True)])
     with torch.no_grad():
         t_logits = wrapper(torch.from_numpy(images))[0].numpy()
     o_logits = onnx_side.backend.session.run([LOGITS], {INPUT: images})[0]

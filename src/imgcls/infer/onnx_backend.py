@@ -15,6 +15,7 @@ import numpy as np
 
 from imgcls.errors import UserError
 from imgcls.fsutil import display
+from imgcls.words import first_line
 
 INPUT, LOGITS, PROBS = "image", "logits", "probabilities"
 META_KEY = "imgcls"
@@ -36,18 +37,13 @@ class OnnxBackend:
             self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise UserError(f"{display(str(path)[:80])}: not a loadable ONNX model "
-                            f"({str(exc).splitlines()[0][:200]})") from None
+                            f"({first_line(exc)})") from None
         props = self.session.get_modelmeta().custom_metadata_map
         if META_KEY not in props:
             raise UserError(f"{display(str(path)[:80])}: not exported by imgcls (no class names or "
                             "preprocess spec in its metadata)")
         self.meta = json.loads(props[META_KEY])
 
-    def probabilities(self, batch: np.ndarray, tta: bool) -> np.ndarray:
-        """(B, H, W, 3) uint8 -> (B, C) probabilities (with TTA, the mean of the photo's and
-        its mirror image's)."""
-        p = self.session.run([PROBS], {INPUT: np.ascontiguousarray(batch)})[0].astype(np.float64)
-        if tta:
-            p = (p + self.session.run([PROBS], {INPUT: np.ascontiguousarray(
-                batch[:, :, ::-1])})[0]) / 2
-        return p
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 -> (B, C) probabilities."""
+        return self.session.run([PROBS], {INPUT: np.ascontiguousarray(batch)})[0].astype(np.float64)

@@ -55,10 +55,11 @@ class Prediction:
 
 
 class Backend(Protocol):
-    """What runs the network: prepared (B, H, W, 3) uint8 -> (B, C) probabilities."""
+    """What runs the network: prepared (B, H, W, 3) uint8 -> (B, C) probabilities. TTA is
+    the Predictor's, the same for every backend."""
     meta: dict  # class_names, preprocess, model, config (as a checkpoint's metadata)
 
-    def probabilities(self, batch: np.ndarray, tta: bool) -> np.ndarray: ...
+    def probabilities(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 class TorchBackend:
@@ -67,7 +68,7 @@ class TorchBackend:
     def __init__(self, path: Path, device: str, amp: str = "auto"):
         import torch
 
-        from imgcls.checkpoint import CheckpointError, check_finite, load_checkpoint
+        from imgcls.checkpoint import CheckpointError, check_finite, load_checkpoint, unvalidated
         from imgcls.models import ModelConfig, create_model
         from imgcls.runtime import autocast_for, precision_for
 
@@ -76,6 +77,12 @@ class TorchBackend:
         except CheckpointError as exc:
             raise UserError(str(exc)) from None
         check_finite(path, ckpt.weights)
+        why = unvalidated(path, ckpt.meta)
+        if why:
+            import warnings
+
+            warnings.warn(f"{display(path)}: {why}: nothing says how well it answers",
+                          UserWarning, stacklevel=3)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.torch, self.device = torch, torch.device(device)
@@ -91,17 +98,15 @@ class TorchBackend:
         self.model = model.to(self.device, self.dtype).to(memory_format=torch.channels_last).eval()
         self.autocast, _ = autocast_for(self.device, amp)
 
-    def probabilities(self, batch: np.ndarray, tta: bool) -> np.ndarray:
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
         from imgcls.models import two_logits
 
         torch = self.torch
         wide = torch.float64 if self.dtype == torch.float64 else torch.float32
         with torch.inference_mode(), self.autocast():
-            x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).to(self.dtype)
-            p = two_logits(self.model(x).to(wide)).softmax(1)
-            if tta:  # the mean of the photo's and its mirror image's probabilities
-                p = (p + two_logits(self.model(x.flip(-1)).to(wide)).softmax(1)) / 2
-            return p.double().cpu().numpy()
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            x = x.permute(0, 3, 1, 2).to(self.dtype)
+            return two_logits(self.model(x).to(wide)).softmax(1).double().cpu().numpy()
 
 
 class Predictor:
@@ -150,8 +155,11 @@ class Predictor:
         return cls(TorchBackend(p, device, amp), p, max_pixels)
 
     def probabilities(self, batch: np.ndarray, tta: bool | None = None) -> np.ndarray:
-        """(B, H, W, 3) uint8 prepared images -> (B, C) probabilities."""
-        probs = self.backend.probabilities(batch, self.resolve_tta(tta))
+        """(B, H, W, 3) uint8 prepared images -> (B, C) probabilities; with TTA (THE flip
+        TTA, for every backend) the mean of the photo's and its mirror image's."""
+        probs = self.backend.probabilities(batch)
+        if self.resolve_tta(tta):
+            probs = (probs + self.backend.probabilities(batch[:, :, ::-1])) / 2
         if not np.isfinite(probs).all():
             # Never print "nan% cats": a model that answers NaN is broken, not uncertain.
             raise UserError(f"{display(self.source)}: the model answered NaN or infinity "

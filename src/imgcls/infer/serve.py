@@ -68,13 +68,18 @@ def create_app(model: str | os.PathLike, limits: ServeLimits = ServeLimits(),
             "limits": limits.__dict__, "imgcls_version": __version__}
     _answer_errors_as_json(app)
 
-    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse)
     async def index():
         return HTMLResponse(page)
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    @app.get("/health")
     async def health():
         return {"status": "ok"}
+
+    # HEAD answers as GET does, outside the schema: one operation id per route there (a
+    # route of both methods gave two operations one id, and FastAPI warned at every start).
+    for path, endpoint in (("/", index), ("/health", health)):
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/info")
     async def get_info():
@@ -161,23 +166,16 @@ async def _read_uploads(request: Request, limits: ServeLimits) -> tuple[list[byt
 
 
 def _infer(predictor: Predictor, datas: list[bytes]) -> list[dict]:
-    """One answer per upload, through the Predictor (its preprocessing, its TTA default)."""
-    out, batch, where = [], [], []
-    for i, data in enumerate(datas):
-        try:
-            batch.append(predictor.prepare(data))
-            where.append(i)
-            out.append(None)
-        except ImageError as exc:
-            msg = str(exc)
-            status, text = (413, f"image has too many pixels: {msg}") if msg.startswith(
-                "too large") else (415, f"not a usable image: {msg}")
-            out.append({"error": text, "status": status})
-    if batch:
-        probs = predictor.probabilities(np.stack(batch))
-        for i, p in zip(where, probs):
-            out[i] = {"class": predictor.class_names[int(np.argmax(p))],
-                      "probabilities": {c: float(v) for c, v in zip(predictor.class_names, p)}}
+    """One answer per upload, from Predictor.predict (its preprocessing, checks, batching
+    and TTA default); a photo it cannot read gets its error and the status that says why."""
+    out = []
+    for p in predictor.predict(datas, batch_size=max(1, len(datas))):
+        if p.error is None:
+            out.append({"class": p.class_name, "probabilities": p.probabilities})
+        elif p.error.startswith("too large"):
+            out.append({"error": f"image has too many pixels: {p.error}", "status": 413})
+        else:
+            out.append({"error": f"not a usable image: {p.error}", "status": 415})
     return out
 
 
