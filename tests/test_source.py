@@ -14,7 +14,6 @@ import torch
 from clirun import run as cli
 
 from imgcls.checkpoint import epoch_path, load_checkpoint
-from imgcls.errors import UserError
 from imgcls.models import ModelConfig, create_model
 from imgcls.train.source import load_into, read_source
 

@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imgcls.data.preprocess import DEFAULT_MAX_PIXELS, ImageError
+from imgcls.data.preprocess import DEFAULT_MAX_PIXELS
 from imgcls.errors import UserError, require_whole
 from imgcls.infer.predictor import Predictor
 from imgcls.version import __version__

@@ -107,31 +107,8 @@ def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world:
             if aug_cfg.active:
                 x = augment_batch(x, aug_cfg, state.aug_gen)
         n = len(batch.labels)
-        x, partner, lam = mixup(x, batch.labels, state.mixup)
-        denom = state.weights[batch.labels].sum() if state.weights is not None else n
         state.opt.zero_grad(set_to_none=True)
-        parts = _passes(n, state.micro)
-        step_loss = torch.zeros((), dtype=torch.float64, device=device)
-        for j, (lo, hi) in enumerate(parts):
-            xs, ys, ys2 = x[lo:hi], batch.labels[lo:hi], partner[lo:hi]
-            # DDP: all-reduce gradients once per step, on the last pass only.
-            last = j == len(parts) - 1
-            sync = nullcontext() if last or not hasattr(state.net, "no_sync") else state.net.no_sync()
-            with sync:
-                with state.autocast():
-                    logits = two_logits(_wide(state.net(xs)))
-                    # A sum over the pass over the whole batch's weight: passes add up to
-                    # the full batch's (weighted) mean, with class weights too.
-                    loss = F.cross_entropy(logits, ys, weight=state.weights, reduction="sum",
-                                           label_smoothing=cfg.label_smoothing) / denom
-                    if lam < 1.0:
-                        loss = lam * loss + (1 - lam) * F.cross_entropy(
-                            logits, ys2, weight=state.weights, reduction="sum",
-                            label_smoothing=cfg.label_smoothing) / denom
-                (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
-            step_loss += loss.detach().double()
-            # Accuracy against the label that dominates each mixed image.
-            sums[1] += (logits.detach().argmax(1) == (ys if lam >= 0.5 else ys2)).sum()
+        step_loss = _gradients(state, cfg, x, batch.labels, sums)
         bad_at = torch.where((bad_at == 0) & ~torch.isfinite(step_loss), g + 1.0, bad_at)
         sums[0] += step_loss * n
         if state.scaler is not None:
@@ -156,6 +133,38 @@ def train_epoch(state: TrainState, cfg: TrainConfig, loader: BatchLoader, world:
             if flags["signal"] or flags["nonfinite"]:
                 break
     return EpochOutcome(sums, seen, seconds + time.perf_counter() - t0, step, flags)
+
+
+def _gradients(state: TrainState, cfg: TrainConfig, x: torch.Tensor, labels: torch.Tensor,
+               sums: torch.Tensor) -> torch.Tensor:
+    """One step's gradients, over passes of at most state.micro images (mixup, class
+    weights); adds the correct answers to sums[1]; returns the step's loss (float64)."""
+    n = len(labels)
+    x, partner, lam = mixup(x, labels, state.mixup)
+    denom = state.weights[labels].sum() if state.weights is not None else n
+    parts = _passes(n, state.micro)
+    step_loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    for j, (lo, hi) in enumerate(parts):
+        xs, ys, ys2 = x[lo:hi], labels[lo:hi], partner[lo:hi]
+        # DDP: all-reduce gradients once per step, on the last pass only.
+        last = j == len(parts) - 1
+        sync = nullcontext() if last or not hasattr(state.net, "no_sync") else state.net.no_sync()
+        with sync:
+            with state.autocast():
+                logits = two_logits(_wide(state.net(xs)))
+                # A sum over the pass over the whole batch's weight: passes add up to the
+                # full batch's (weighted) mean, with class weights too.
+                loss = F.cross_entropy(logits, ys, weight=state.weights, reduction="sum",
+                                       label_smoothing=cfg.label_smoothing) / denom
+                if lam < 1.0:
+                    loss = lam * loss + (1 - lam) * F.cross_entropy(
+                        logits, ys2, weight=state.weights, reduction="sum",
+                        label_smoothing=cfg.label_smoothing) / denom
+            (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
+        step_loss += loss.detach().double()
+        # Accuracy against the label that dominates each mixed image.
+        sums[1] += (logits.detach().argmax(1) == (ys if lam >= 0.5 else ys2)).sum()
+    return step_loss
 
 
 @dataclass

@@ -79,31 +79,46 @@ class FeatureBank:
 
 @torch.no_grad()
 def compute_bank(model: nn.Module, start: int, loader: BatchLoader, views: int, autocast,
-                 store: torch.dtype, bar=None) -> FeatureBank:
+                 store: torch.dtype, shape: tuple[int, ...], bar=None) -> FeatureBank:
     """Run units 0..start-1 (eval mode) over every batch of `loader` (unshuffled), for each
-    photo and, with views == 2, its mirror image. Stored in `store` (bf16 where the run
-    computes in bf16: what the convolutions there produce anyway)."""
+    photo and, with views == 2, its mirror image, into one tensor of (N, views, *shape)
+    allocated once. Stored in `store` (bf16 where the run computes in bf16: what the
+    convolutions there produce anyway)."""
     was = model.training
     model.eval()
     t0 = time.perf_counter()
-    parts, labels = [], []
+    n = len(loader.rows)
+    values = torch.empty((n, views, *shape), dtype=store)
+    labels = torch.empty(n, dtype=torch.long)
     dtype = next(model.parameters()).dtype
+    at = 0
     try:
         for b in loader:
             x = to_float(b.images, dtype)
-            outs = []
+            k = len(b.labels)
             for v in range(views):
                 with autocast():
-                    outs.append(model.forward_units(x.flip(-1) if v else x, 0, start).to(store))
-            parts.append(torch.stack(outs, 1).contiguous())  # (B, V, C, h, w)
-            labels.append(b.labels)
+                    out = model.forward_units(x.flip(-1) if v else x, 0, start)
+                values[at:at + k, v] = out.to(store).cpu()
+            labels[at:at + k] = b.labels.cpu()
+            at += k
             if bar is not None:
-                bar.update(len(b.labels))
+                bar.update(k * views)
     finally:
         model.train(was)
-    values = torch.cat(parts) if parts else torch.empty(0)
-    return FeatureBank(values, torch.cat(labels) if labels else torch.empty(0, dtype=torch.long),
-                       time.perf_counter() - t0)
+    return FeatureBank(values[:at], labels[:at], time.perf_counter() - t0)
+
+
+def output_shape(model: nn.Module, start: int, size: int, device) -> tuple[int, ...]:
+    """The shape of one photo's output of units 0..start-1 at `size` px."""
+    p = next(model.parameters())
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model.forward_units(torch.zeros(1, 3, size, size, device=device, dtype=p.dtype),
+                                  0, start)
+    model.train(was)
+    return tuple(out.shape[1:])
 
 
 class FeatureLoader:
@@ -141,37 +156,28 @@ class FeatureLoader:
             yield Batch(x.to(self.device), self.bank.labels[idx].to(self.device), order[i:i + self.batch_size])
 
 
+# The stored outputs may take at most this share of the memory free when the run starts.
+MEMORY_SHARE = 0.5
+
+
 def feature_loaders(model: nn.Module, cfg, data, per_rank: int, passes: int, world,
                     device: torch.device, autocast, precision: str
                     ) -> tuple[TopNet, FeatureLoader, FeatureLoader, str]:
     """Fix the trunk, compute its outputs for the run's photos, and return (the part that
     learns, the training loader, the validation loader, the line that says what was done).
     Every rank computes every output (each needs them all over the epochs' shuffles)."""
-    from imgcls.errors import UserError
-    from imgcls.runtime import interactive
-
-    if not runs_in_units(model):
-        raise UserError(f"--tune-units needs a network that runs in units (efficientnet-lite0/"
-                        f"1/2, resnet18/34/50/101); {cfg.model} does not: leave --tune-units "
-                        "out (0) to train every layer")
     start = first_tuned_unit(model, cfg.tune_units)
     freeze_trunk(model, start)
-    dtype = next(model.parameters()).dtype
-    store = torch.bfloat16 if precision == "bf16" else dtype
-    views = 2 if cfg.flip else 1
-    bar = None
-    if world.main and interactive():
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(data.train_rows) * views + len(data.val_rows), unit="img",
-                   desc="Fixed units", leave=False, dynamic_ncols=True)
-    batch = 64
-    train = compute_bank(model, start, BatchLoader(data.cache, data.train_rows, batch,
+    store = torch.bfloat16 if precision == "bf16" else next(model.parameters()).dtype
+    shape = output_shape(model, start, cfg.image_size, device)
+    views = _views(cfg, len(data.train_rows), len(data.val_rows), shape, store)
+    bar = _bar(world, len(data.train_rows) * views + len(data.val_rows))
+    train = compute_bank(model, start, BatchLoader(data.cache, data.train_rows, 64,
                                                    shuffle=False, device=device),
-                         views, autocast, store, bar)
-    val = compute_bank(model, start, BatchLoader(data.val_cache, data.val_rows, batch,
+                         views, autocast, store, shape, bar)
+    val = compute_bank(model, start, BatchLoader(data.val_cache, data.val_rows, 64,
                                                  shuffle=False, device=device),
-                       1, autocast, store, bar)
+                       1, autocast, store, shape, bar)
     if bar is not None:
         bar.close()
     per_rank_images = -(-len(data.train_rows) * passes // world.size)
@@ -189,3 +195,33 @@ def feature_loaders(model: nn.Module, cfg, data, per_rank: int, passes: int, wor
             f"validation photos took {seconds:.0f} s ({n / max(seconds, 1e-9):.0f} img/s, "
             f"{mb:.0f} MB in memory)")
     return TopNet(model, start, keep_bn=bool(cfg.init)), train_loader, val_loader, line
+
+
+def _views(cfg, n_train: int, n_val: int, shape: tuple[int, ...], store: torch.dtype) -> int:
+    """2 (each photo and its mirror image) with --flip, else 1; 1 where two would not fit
+    in memory; a UserError where one would not either."""
+    from imgcls.errors import UserError
+    from imgcls.train.memory import available_memory
+
+    per = int(torch.tensor([], dtype=store).element_size() * torch.Size(shape).numel())
+    free = MEMORY_SHARE * available_memory(torch.device("cpu"))
+    views = 2 if cfg.flip else 1
+    if (n_train * views + n_val) * per > free and views == 2 and (n_train + n_val) * per <= free:
+        views = 1
+    need = (n_train * views + n_val) * per
+    if need > free:
+        raise UserError(f"the fixed units' outputs for {n_train + n_val} photos need "
+                        f"{need / 2**30:.1f} GB, more than half the free memory "
+                        f"({free / MEMORY_SHARE / 2**30:.1f} GB): --tune-units 0 trains every "
+                        "layer on the photos instead, --max-per-class N trains on a sample")
+    return views
+
+
+def _bar(world, total: int):
+    from imgcls.runtime import interactive
+
+    if not world.main or not interactive():
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="Fixed units", leave=False, dynamic_ncols=True)

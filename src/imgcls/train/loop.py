@@ -2,11 +2,14 @@
 
 Owns the training loop. Its pieces, in the order a run meets them:
     prepare_data      scan, split (or the run's recorded split on resume), caches
-    build_state       model, optimizer, loss, resumed counters: the TrainState
+    build_state       model, optimizer, loss, resumed counters: the TrainState (with
+                      --tune-units, the fixed units' outputs: train.features)
+    probe.plan_to_budget  the pace measured first, the epochs fitted to --time-limit
     epoch.train_epoch     one epoch of optimizer steps (micro-batches, mixed precision, mixup)
-    epoch.run_validation  loss and accuracy over every validation image, across ranks
-    epoch_stops       the stop rules (signal, divergence, time limit, patience), agreed
-                      by every rank through distributed.agree
+    epoch.run_validation  loss and accuracy over the validation photos, across ranks (a
+                          fixed sample at the epoch's size below the full size: plan.py)
+    stops             the best epoch and the stop rules (signal, divergence, time limit,
+                      patience), agreed by every rank through distributed.agree
     runfolder.RunWriter   the files: config, data summary, split record, checkpoints
 The run folder:
     run/config.json          the resolved TrainConfig
@@ -25,13 +28,11 @@ epoch boundary retraces an uninterrupted one bit for bit on the CPU; a mid-epoch
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from imgcls.checkpoint import LAST, find_resumable
@@ -44,7 +45,7 @@ from imgcls.runtime import precision_for, resolve_device
 from imgcls.train import distributed as D
 from imgcls.train.bnstats import collapse_warning, recalibrate
 from imgcls.train.epoch import EpochOutcome, run_validation, train_epoch
-from imgcls.train.plan import epochs_that_fit, plan_run, validates_fully
+from imgcls.train.plan import plan_run, validates_fully
 from imgcls.train.probe import plan_to_budget
 from imgcls.train.prepare import data_summary, prepare_data, scan_lines
 from imgcls.train.report import (
@@ -60,6 +61,7 @@ from imgcls.train.report import (
 )
 from imgcls.train.resolution import SIZE_RECAL, epoch_size, ramp_line
 from imgcls.train.runfolder import RunLock, RunWriter
+from imgcls.train.stops import best_epoch, diverged_message, epoch_stops, refit_schedule, score_epoch
 from imgcls.train.state import (
     FitResult,
     StopFlag,
@@ -73,44 +75,6 @@ from imgcls.train.state import (
 )
 from imgcls.version import __version__
 from imgcls.words import first_line as _first_line
-
-MAXIMIZE = {"val_accuracy": True, "accuracy": True, "val_loss": False, "loss": False}
-
-
-def _diverged_message(cfg: TrainConfig, global_step: int, steps: int, run: Path,
-                      last_epoch: int) -> str:
-    epoch, step = divmod(global_step - 1, steps)
-    kept = (f"the last finite checkpoint is kept ({display(run / LAST)}, epoch {last_epoch})"
-            if last_epoch else "no epoch had finished, so nothing was saved")
-    return (f"training diverged: the loss became NaN or infinite at epoch {epoch + 1}, step "
-            f"{step + 1} (learning rate {cfg.lr:g}, weight decay {cfg.weight_decay:g}; a "
-            f"learning rate or weight decay too high is the usual cause); {kept}")
-
-
-def epoch_stops(cfg: TrainConfig, state: TrainState, h: dict, stop: StopFlag,
-                world: D.World, device: torch.device) -> dict:
-    """The stop rules after an epoch, agreed by every rank (each rank's clock and signals
-    may differ; the validation metrics are already the same everywhere)."""
-    out_of_time = bool(cfg.time_limit and state.epoch + 1 < state.epochs and
-                       h["elapsed_s"] + h["seconds"] > cfg.time_limit * 60)
-    patience = bool(cfg.patience and state.bad_epochs >= cfg.patience)
-    fit = epochs_that_fit(cfg, state.pace, state.epoch, state.epochs, h["elapsed_s"],
-                          state.min_size)
-    # max of -fit: the fewest epochs any rank's clock allows.
-    return D.agree(world, device, signal=stop.signal is not None, time=out_of_time,
-                   patience=patience, fit=-fit,
-                   nonfinite=not (math.isfinite(h["val_loss"]) and math.isfinite(h["loss"])))
-
-
-def _refit_schedule(cfg: TrainConfig, state: TrainState, fit: int, world: D.World) -> None:
-    if fit == state.epochs:
-        return
-    if abs(fit - state.epochs) >= 2 or state.epochs == cfg.epochs:  # small drifts quietly
-        log(world, f"Time limit: at this pace {fit} epochs fit in {cfg.time_limit:g} minutes; "
-             f"the {cfg.schedule} learning-rate schedule now ends with epoch {fit} (was "
-             f"{state.epochs})")
-    state.plan(fit)
-
 
 def fit(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
         made_here: bool = False) -> FitResult:
@@ -238,7 +202,7 @@ def _fit_locked(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
         log(world, f"Time limit: this run has already trained for "
              f"{(time.perf_counter() - state.started) / 60:.1f} of its {cfg.time_limit:g} "
              "minutes (--time-limit is the run's total); give a larger --time-limit to train on")
-        return FitResult(run, state.history, _best_epoch(cfg, state.history))
+        return FitResult(run, state.history, best_epoch(cfg, state.history))
     with StopFlag() as stop:
         return _epochs(cfg, run, state, train_loader, val_loader, writer, meta_base, world,
                        device, stop, state.started)
@@ -267,7 +231,7 @@ def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWr
             if bar is not None:
                 bar.close()
             if out.stop.get("nonfinite"):
-                stop_everywhere(world, _diverged_message(
+                stop_everywhere(world, diverged_message(
                     cfg, int(out.stop["nonfinite"]), state.steps, run,
                     state.history[-1]["epoch"] if state.history else 0))
             if out.stop.get("signal") and out.step < state.steps:
@@ -286,12 +250,12 @@ def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWr
                 return result
             h = _finish_epoch(cfg, state, out, val_loader, world, device, started)
             last_saved = state.history[-1]["epoch"] if state.history else 0
-            improved = _score_epoch(cfg, state, h, result)
+            improved = score_epoch(cfg, state, h, result)
             decision = epoch_stops(cfg, state, h, stop, world, device)
             if decision["nonfinite"]:  # never save, nor call best, a model that outputs NaN
-                stop_everywhere(world, _diverged_message(
+                stop_everywhere(world, diverged_message(
                     cfg, (epoch + 1) * state.steps, state.steps, run, last_saved))
-            _refit_schedule(cfg, state, int(-decision["fit"]), world)
+            refit_schedule(cfg, state, int(-decision["fit"]), world)
             _save_epoch(cfg, state, h, improved, writer, meta_base, world, device, tb)
             line, state.said_seconds = pace_note(cfg, h, epoch == first, state.epochs,
                                                  state.pace, state.said_seconds, state.min_size)
@@ -317,17 +281,8 @@ def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWr
         if tb is not None:
             tb.close()
     if not result.best_epoch:
-        result.best_epoch = _best_epoch(cfg, state.history)
+        result.best_epoch = best_epoch(cfg, state.history)
     return result
-
-
-def _best_epoch(cfg: TrainConfig, history: list[dict]) -> int:
-    """The best epoch by cfg.monitor among those that may be (_score_epoch's rule)."""
-    ok = [h for h in history if h.get("val_full", True) or not cfg.monitor.startswith("val_")]
-    if not ok:
-        return 0
-    pick = max if MAXIMIZE[cfg.monitor] else min
-    return pick(ok, key=lambda h: h[cfg.monitor])["epoch"]
 
 
 def _seed_epoch(state: TrainState, cfg: TrainConfig, world: D.World, device: torch.device,
@@ -385,22 +340,6 @@ def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_lo
         if len(set(h["rank_weight_sums"])) != 1:
             raise RuntimeError(f"DDP ranks diverged: weight sums {h['rank_weight_sums']}")
     return h
-
-
-def _score_epoch(cfg: TrainConfig, state: TrainState, h: dict, result: FitResult) -> bool:
-    """Add the epoch to the history; whether it is the best so far by cfg.monitor. Only an
-    epoch validated on every photo at the full size may be the best, or count towards
-    --patience, by a validation metric (a sample at a smaller size is not comparable)."""
-    state.history.append(h)
-    if cfg.monitor.startswith("val_") and not h.get("val_full", True):
-        return False
-    value = h[cfg.monitor]
-    improved = state.best is None or (value > state.best if MAXIMIZE[cfg.monitor] else value < state.best)
-    if improved:
-        state.best, state.bad_epochs, result.best_epoch = value, 0, state.epoch + 1
-    else:
-        state.bad_epochs += 1
-    return improved
 
 
 def _save_epoch(cfg: TrainConfig, state: TrainState, h: dict, improved: bool,

@@ -34,7 +34,7 @@ def micro_batch(cfg: TrainConfig, model: nn.Module, per_rank: int, device: torch
     return micro
 
 
-def _available_memory(device: torch.device) -> int:
+def available_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     try:
@@ -73,7 +73,7 @@ def auto_micro_batch(model: nn.Module, size: int, batch: int, device: torch.devi
             h.remove()
         model.train(was_training)
     per_image = 2 * total[0]
-    budget = 0.6 * _available_memory(device)
+    budget = 0.6 * available_memory(device)
     if batch * per_image <= budget:
         return batch
     micro = max(1, int(budget // per_image))

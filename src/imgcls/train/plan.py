@@ -62,15 +62,21 @@ def mixup_alpha(setting: float, passes: int) -> float:
     return AUTO_MIXUP if passes >= MIXUP_MIN_PASSES else 0.0
 
 
+# A budget's plan aims at this share of it: epoch times on a shared machine wander by ~10%
+# (BENCHMARKS.md), and a plan aimed at all of it was cut (or re-timed downwards) by the
+# first slow epoch; the rest absorbs such drift.
+PLAN_SHARE = 0.95
+
+
 def epochs_that_fit(cfg: TrainConfig, pace: Pace, epoch: int, planned: int, elapsed_s: float,
-                    min_size: int = 1) -> int:
+                    min_size: int = 1, share: float = 1.0) -> int:
     """The epochs the learning-rate schedule should run over: under --time-limit with a
-    decaying schedule, as many as the time left allows at this run's pace so far (up to
-    cfg.epochs), so the run still ends on the schedule's small final rates instead of being
-    cut at a high one; otherwise the plan."""
+    decaying schedule, as many as `share` of the time left allows at this run's pace so far
+    (up to cfg.epochs), so the run still ends on the schedule's small final rates instead of
+    being cut at a high one; otherwise the plan."""
     if not cfg.time_limit or cfg.schedule == "constant":
         return planned
-    left = cfg.time_limit * 60 - elapsed_s
+    left = cfg.time_limit * 60 * share - elapsed_s
     # Up to cfg.epochs, not just the current plan: a first epoch slowed by warm-up may have
     # planned too few. Epochs still below the full size cost less (the current plan's ramp),
     # as much less as this run's own epochs have shown (train.resolution.Pace).

@@ -98,14 +98,14 @@ def plan_to_budget(cfg: TrainConfig, state, train: BatchLoader, n_val: int, worl
     """Probe the pace, fit the run's epochs (and so its resolution ramp and learning-rate
     schedule) to --time-limit, and return the line that says the plan and its finish."""
     from imgcls.train import distributed as D
-    from imgcls.train.plan import fit_epochs
+    from imgcls.train.plan import PLAN_SHARE, fit_epochs
     from imgcls.words import duration
 
     state.pace.probed = probe(cfg, state.model, train, -(-n_val // world.size), state.steps,
                               state.epochs, state.min_size, state.autocast, state.dtype,
                               state.micro)
     now = time.perf_counter()
-    left = cfg.time_limit * 60 - (now - started)
+    left = cfg.time_limit * 60 * PLAN_SHARE - (now - started)
     fit = fit_epochs(cfg, state.pace, left, cfg.epochs, state.min_size)
     fit = int(-D.agree(world, device, fit=-fit)["fit"])  # the fewest any rank's clock allows
     if fit != state.epochs:
