@@ -94,7 +94,7 @@ def _check(argv, capsys) -> int:
     if rc == 2:
         assert len(errors) == 1 or (argv[0] == "predict" and errors), (argv, err)
     if argv[0] == "train" and "--out" in argv and "--help" not in argv:
-        out = Path(argv[len(argv) - 1 - argv[::-1].index("--out")])
+        out = Path(argv[len(argv) - argv[::-1].index("--out")])  # the last --out's value
         # Trained: a validated model and its metrics; refused: nothing left behind.
         assert (rc == 0) == (out / "best.safetensors").is_file(), (argv, rc, err)
         assert rc == 0 or not out.exists(), (argv, err)

@@ -57,16 +57,6 @@ def test_values_out_of_range_are_refused_before_anything_is_read(settings, words
         resolve({"data_dir": str(tmp_path), **settings}, "tutorial")
 
 
-def test_fewer_epochs_from_a_model_keep_the_recipes_head_only_share():
-    """The finetune recipe trains the head alone for 2 of its 15 epochs; `--epochs 3` keeps
-    that share (0.4) instead of refusing 2 frozen epochs out of 3 or more than all."""
-    assert resolve({"data_dir": "/d", "init": "m"}, "auto").freeze_epochs == 2
-    assert resolve({"data_dir": "/d", "init": "m", "epochs": 3}, "auto").freeze_epochs == 0.4
-    assert resolve({"data_dir": "/d", "init": "m", "epochs": 30}, "auto").freeze_epochs == 2
-    told = resolve({"data_dir": "/d", "init": "m", "epochs": 3, "freeze_epochs": 1}, "auto")
-    assert told.freeze_epochs == 1
-
-
 def test_auto_starts_a_narrow_source_with_the_recipe_from_scratch():
     """`--preset auto --init`: a source of a few classes gets the recipe from scratch (its
     narrow features need changing), one of many classes or unknown ones the finetune recipe;
@@ -79,7 +69,7 @@ def test_auto_starts_a_narrow_source_with_the_recipe_from_scratch():
     for classes in (BROAD_SOURCE_CLASSES, 1000, None):
         cfg = resolve({"data_dir": "/d", "init": "m", "device": "cpu"}, "auto", source=source,
                       source_classes=classes)
-        assert cfg.preset == "finetune" and cfg.freeze_epochs == 2 and cfg.image_size == 96
+        assert cfg.preset == "finetune" and cfg.tune_units == 2 and cfg.image_size == 96
     told = resolve({"data_dir": "/d", "init": "m"}, "finetune", source=source, source_classes=2)
     assert told.preset == "finetune"
 

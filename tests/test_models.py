@@ -46,7 +46,9 @@ def test_non_square_and_odd_sizes_follow_keras_same_padding():
     assert f.shape[-2:] == (12, 10)
 
 
-@pytest.mark.parametrize("name", sorted(list_models()))
+# Lite1 and Lite2 are Lite0's code at other widths and depths; the 34/101 ResNets, 18/50's.
+@pytest.mark.parametrize("name", sorted(set(list_models()) - {
+    "efficientnet-lite1", "efficientnet-lite2", "resnet34", "resnet101"}))
 def test_a_few_steps_lower_the_loss(name):
     torch.manual_seed(0)
     model = create_model(ModelConfig(name, 2)).train()

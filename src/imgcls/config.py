@@ -369,11 +369,6 @@ def resolve(overrides: dict, preset: str | None = None, config_file: str | None 
         values["epochs_shrink"] = 0.0  # epochs the user chose are the epochs trained
     if "epochs" in given and "time_limit" not in given:
         values["time_limit"] = 0.0  # ... all of them, not those a recipe's budget fits
-    recipe = PRESETS.get(preset or "", {})
-    if "epochs" in given and "freeze_epochs" not in given and recipe.get("freeze_epochs") \
-            and isinstance(values["epochs"], int) and 0 < values["epochs"] < recipe["epochs"]:
-        # The recipe's head-only epochs are a share of its own: fewer epochs, the same share.
-        values["freeze_epochs"] = recipe["freeze_epochs"] * values["epochs"] / recipe["epochs"]
     if values.get("mixup") == "auto":  # as a config file may say it
         values["mixup"] = -1.0
     check_types(values, "settings")
