@@ -53,6 +53,10 @@ def test_collapse_warning_rules():
     assert collapse_warning(np.array([0, 20]), t, 0.5, 0.52, names, 1) is None  # untrained yet
     assert "no better than" in collapse_warning(np.array([3, 17]), t, 0.51, 0.95, names, 5)
     assert collapse_warning(np.array([9, 11]), t, 0.8, 0.95, names, 5) is None
+    # It suggests the cpu recipe, except to a run that already trains with it (old main did).
+    told = [collapse_warning(np.array([0, 20]), t, 0.5, 0.9, names, 2, preset)
+            for preset in ("tutorial", "cpu")]
+    assert "--preset cpu" in told[0] and "--preset cpu" not in told[1]
 
 
 def _train(data, run, *extra):

@@ -103,3 +103,19 @@ def test_pruning_keeps_the_newest_by_epoch_past_999(tmp_path):
     RunWriter(run, keep=2).prune()
     left = sorted(read_metadata(p)["epoch"] for p in (run / "checkpoints").iterdir())
     assert left == [1000, 1001]
+
+
+def test_a_file_replaced_while_it_is_read_is_whole_never_damaged(tmp_path):
+    """Old main read the tensors from one read and the metadata from a second open: a run
+    saving `last` between the two made an intact checkpoint look damaged (and `--init`
+    hashed one read and loaded another). The bytes read are the bytes parsed."""
+    a, b = make(), make()
+    b.meta["epoch"] = 4
+    p = tmp_path / "last.safetensors"
+    save_checkpoint(p, a)
+    data = p.read_bytes()
+    save_checkpoint(p, b)  # replaced (atomically) after the read
+    got = load_checkpoint(p, data=data)
+    assert got.meta["epoch"] == 3 and torch.equal(got.weights["conv.weight"],
+                                                  a.weights["conv.weight"])
+    assert load_checkpoint(p).meta["epoch"] == 4

@@ -46,6 +46,10 @@ def test_the_trunk_keeps_the_sources_weights_and_statistics(trained):
     stats = [k for k in w if "running_" in k]
     assert all(torch.equal(w[k], source[k]) for k in stats)
     assert w["_fc.weight"].shape == (3, 1280)
+    # The input scaling the weights expect is recorded, not implied by code defaults.
+    opts = load_checkpoint(run / "best.safetensors").meta["model"]["options"]
+    assert opts["mean"] == pytest.approx([127 / 255] * 3) and opts["std"] == pytest.approx(
+        [128 / 255] * 3)
 
 
 def test_the_whole_network_answers_as_validation_on_stored_outputs_said(trained):
@@ -75,3 +79,20 @@ def test_every_network_runs_in_units_and_keeps_its_fixed_ones(trained, tmp_path)
     fixed = [k for k in w if k.startswith(("stem.", "blocks.0."))]
     assert fixed and all(torch.equal(w[k], start[k]) for k in fixed)
     assert not torch.equal(w["fc.weight"], start["fc.weight"])
+
+
+def test_a_run_on_stored_outputs_resumes_and_keeps_its_trunk(trained, tmp_path):
+    """--resume recomputes the fixed units' outputs from the run's own weights (the same as
+    the source's) and trains on."""
+    import shutil
+
+    data, run, source, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    res = cli("train", "--resume", copy, "--epochs", "3")
+    assert res.returncode == 0, res.stderr
+    assert "Fixed: the first 15 of 18 units" in res.stdout
+    hist = (copy / "metrics.jsonl").read_text().splitlines()
+    assert len(hist) == 3
+    w = load_checkpoint(copy / "last.safetensors").weights
+    assert all(torch.equal(w[k], source[k]) for k in source if k.startswith("_blocks.3."))

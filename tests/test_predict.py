@@ -393,3 +393,49 @@ def test_a_checkpoint_from_a_newer_preprocessing_is_refused_in_one_line(trained,
     save_checkpoint(tmp_path / "new.safetensors", ckpt)
     with pytest.raises(UserError, match="newer than this imgcls knows"):
         Predictor.from_checkpoint(tmp_path / "new.safetensors")
+
+
+def test_evaluate_finds_the_run_of_an_epoch_file_a_copy_or_an_export(trained, tmp_path, capsys):
+    """Old main looked for the run only in the model file's own folder: an epoch file, a
+    copy of best elsewhere and an exported .onnx scored the training photos as new ones."""
+    import shutil
+
+    data, run = trained
+    copy = tmp_path / "elsewhere" / "model.safetensors"
+    copy.parent.mkdir()
+    shutil.copy(run / "best.safetensors", copy)
+    onnx_file = tmp_path / "m.onnx"
+    assert main(["export", str(run), "-o", str(onnx_file)]) == 0
+    capsys.readouterr()
+    for model in (run / "checkpoints" / "epoch_001.safetensors", copy, onnx_file):
+        assert main(["evaluate", str(model), str(data), "--json", "--no-figures"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        # 40 photos: the run's 32 training photos scored apart, its 8 validation photos scored
+        assert report["images"] == 8 and report["in_training"] == 32, (model, report)
+    # The epoch file alone: the run's own validation split, and the figures in the run folder.
+    out = tmp_path / "figs"
+    assert main(["evaluate", str(run / "checkpoints" / "epoch_001.safetensors")]) == 0
+    said = capsys.readouterr().out
+    assert "Evaluated 8 images" in said and f"Wrote {run}/confusion_matrix.png" in said
+    assert not (run / "checkpoints" / "confusion_matrix.png").exists() and not out.exists()
+
+
+def test_a_model_whose_run_is_gone_says_its_scores_may_count_training_photos(trained, tmp_path,
+                                                                             capsys):
+    """A checkpoint outside its run folder whose recorded run no longer exists: the folder's
+    photos are all scored, with one line saying some may be training photos."""
+    from imgcls.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+    data, run = trained
+    ckpt = load_checkpoint(run / "best.safetensors", train_state=False)
+    ckpt.meta["run"] = str(tmp_path / "deleted-run")
+    copy = tmp_path / "model.safetensors"
+    save_checkpoint(copy, Checkpoint(ckpt.weights, ckpt.meta))
+    capsys.readouterr()
+    assert main(["evaluate", str(copy), str(data), "--json", "--no-figures"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["images"] == 40
+    assert "the run that trained this model was not found" in captured.err
+    assert "may count them" in captured.err
+    assert main(["evaluate", str(copy)]) == 2
+    assert "give a DATA_DIR" in capsys.readouterr().err

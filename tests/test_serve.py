@@ -213,6 +213,21 @@ def test_head_requests_and_a_cut_short_upload(client):
     assert r.status_code == 400 and "no closing boundary" in r.json()["error"], r.json()
 
 
+def test_the_schema_has_one_operation_per_route_and_no_warning(run):
+    """Old main: GET and HEAD on one route shared an operation id, and FastAPI warned
+    'Duplicate Operation ID' at every start."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client = TestClient(create_app(run))
+        schema = client.get("/openapi.json").json()
+    ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids)) and {"/", "/health", "/info", "/predict"} <= set(
+        schema["paths"])
+    assert client.head("/").status_code == 200
+
+
 def test_serve_limits_are_checked_before_it_starts(run):
     from imgcls.errors import UserError
 

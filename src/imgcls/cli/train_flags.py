@@ -109,6 +109,11 @@ def _model_options(m, base, cpu: dict, ft: dict) -> None:
     m.add_argument("--weight-decay", dest="weight_decay", type=float,
                    help="weight decay, >= 0, on weights only (not biases or normalisation; "
                         f"default {base.weight_decay:g})")
+    m.add_argument("--decay-1d", dest="decay_1d", action=argparse.BooleanOptionalAction,
+                   default=None, help="weight decay on biases and normalisation weights too "
+                                      "(the rule before imgcls 0.2; default off)")
+    m.add_argument("--momentum", type=number(float, 0, 0.999999), metavar="M",
+                   help=f"SGD's momentum, in [0, 1) (--optimizer sgd; default {base.momentum:g})")
     m.add_argument("--schedule", choices=CHOICES["schedule"] + tuple(ALIASES["schedule"]),
                    metavar="{" + ",".join(CHOICES["schedule"]) + "}",
                    help="learning-rate schedule after the warm-up: constant, cosine (to 0) or "
@@ -162,6 +167,10 @@ def _run_options(r, base) -> None:
     r.add_argument("--patience", type=int,
                    help="early stopping patience in epochs, >= 0 (0 = off, the default)")
     r.add_argument("--keep", type=int, help="epoch checkpoints to keep, >= 0 (0 = all)")
+    r.add_argument("--bn-recalibrate", dest="bn_recalibrate", type=number(int, 0), metavar="N",
+                   help="training photos (a rank) that re-estimate BatchNorm's statistics "
+                        "before validation where they trail the weights (default "
+                        f"{base.bn_recalibrate}; 0 = never)")
     r.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="recommend flip test-time augmentation to evaluate and predict")
     r.add_argument("--time-limit", dest="time_limit", type=float, metavar="MIN",

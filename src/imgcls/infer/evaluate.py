@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -262,14 +261,16 @@ def evaluation_set(model_path: Path, class_names: list[str], data_dir=None,
 def evaluate_set(predictor: Predictor, es: EvalSet, tta: bool | None, batch_size: int = 32,
                  progress: bool | None = False) -> EvalReport:
     """evaluate() over an EvalSet, with what was set apart counted in the report."""
+    # Logged, not warnings.warn: a warning is shown once per place in a process, and every
+    # evaluation must say this (the library's notes go through logging: ARCHITECTURE.md).
     if es.run is None:
-        warnings.warn(f"the run that trained this model was not found (the model is outside "
-                      f"its run folder): photos of {display(es.root)} it trained on cannot be "
-                      "told apart, so these scores may count them", UserWarning, stacklevel=2)
+        logger.warning(f"the run that trained this model was not found (the model is outside "
+                       f"its run folder): photos of {display(es.root)} it trained on cannot be "
+                       "told apart, so these scores may count them")
     if es.all_training:
-        warnings.warn(f"every photo in {display(es.root)} was in the run's training set: the "
-                      "scores say how well the model fits its training photos, not how it "
-                      "does on new ones", UserWarning, stacklevel=2)
+        logger.warning(f"every photo in {display(es.root)} was in the run's training set: the "
+                       "scores say how well the model fits its training photos, not how it "
+                       "does on new ones")
     report = evaluate(predictor, es.items, es.names, tta=tta, batch_size=batch_size,
                       progress=progress)
     report.data, report.rejected = es.root, es.rejected

@@ -100,9 +100,9 @@ def _efficientnet_lite(variant: str):
     return build
 
 
-for _v, _doc in (("0", "4.7 M parameters, 0.4 GFLOP at 224x224"),
-                 ("1", "5.4 M parameters, 0.6 GFLOP at 240x240"),
-                 ("2", "6.1 M parameters, 0.9 GFLOP at 260x260")):
+for _v, _doc in (("0", "4.7 M parameters, 0.77 GFLOP at 224x224"),
+                 ("1", "5.4 M parameters, 1.20 GFLOP at 240x240"),
+                 ("2", "6.1 M parameters, 1.72 GFLOP at 260x260")):
     register(f"efficientnet-lite{_v}", f"EfficientNet-Lite{_v} ({_doc}): ImageNet weights "
              f"with `train --init efficientnet-lite{_v}`")(_efficientnet_lite(f"lite{_v}"))
 
