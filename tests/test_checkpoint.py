@@ -119,3 +119,20 @@ def test_a_file_replaced_while_it_is_read_is_whole_never_damaged(tmp_path):
     assert got.meta["epoch"] == 3 and torch.equal(got.weights["conv.weight"],
                                                   a.weights["conv.weight"])
     assert load_checkpoint(p).meta["epoch"] == 4
+
+
+def test_best_is_written_before_the_epoch_that_earned_it_is_recorded(tmp_path):
+    """Old main wrote the epoch file, then `best`: a run killed (or out of disk) between the
+    two resumed past the epoch that earned `best` and never wrote it. Here the epoch file
+    cannot be written (a folder stands at its path): `best` already holds the epoch."""
+    from imgcls.checkpoint import epoch_path
+    from imgcls.train.runfolder import RunWriter
+
+    run = tmp_path / "run"
+    epoch_path(run, 2).mkdir(parents=True)
+    full, best = make(), make()
+    best.meta["epoch"] = 2
+    with pytest.raises(OSError):
+        RunWriter(run, keep=0).end_epoch(2, full, best, [])
+    assert read_metadata(run / "best.safetensors")["epoch"] == 2
+    assert not (run / "last.safetensors").exists()

@@ -26,6 +26,18 @@ def test_a_budget_fits_the_most_epochs_whose_plan_fits():
     assert fits[5] == 1 and 2 < fits[30] < fits[60] < fits[120] and fits[10_000] == 45
 
 
+def test_a_long_recipe_is_fitted_to_the_last_epoch_that_fits():
+    """A recipe of 4,000 epochs (old main scanned every count down from it, each plan summed
+    epoch by epoch: minutes of a one-minute budget went into planning)."""
+    pace = Pace(probed=[(32, 0.5), (48, 1.0)])
+    cfg = CPU.replace(image_size=48)
+    for left in (0.4, 3.0, 60.0, 600.0, 3000.0):
+        e = fit_epochs(cfg, pace, left, 4000)
+        assert 1 <= e <= 4000
+        assert e == 1 or pace.plan_seconds(cfg, 0, e, e) <= left
+        assert e == 4000 or pace.plan_seconds(cfg, 0, e + 1, e + 1) > left, (left, e)
+
+
 def test_real_epochs_replace_the_probes_estimate():
     pace = Pace(probed=[(64, 10.0), (160, 40.0)])
     assert pace.seconds(160) == 40.0

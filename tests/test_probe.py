@@ -24,18 +24,19 @@ def data(tmp_path_factory):
 def test_a_one_minute_budget_is_planned_first_and_kept(data, tmp_path):
     run = tmp_path / "run"
     t0 = time.perf_counter()
-    res = cli("train", data, "--out", run, "--epochs", "400", "--time-limit", "1", *SMALL)
+    # 4,000 epochs: more than a minute on any machine (400 fitted on a fast CI runner).
+    res = cli("train", data, "--out", run, "--epochs", "4000", "--time-limit", "1", *SMALL)
     took = time.perf_counter() - t0
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     plan = next(i for i, x in enumerate(lines) if x.startswith("Plan: "))
     first = next(i for i, x in enumerate(lines) if x.startswith("Epoch 1/"))
-    assert plan < first and "of the recipe's 400" in lines[plan] and "ending near" in lines[plan]
+    assert plan < first and "of the recipe's 4000" in lines[plan] and "ending near" in lines[plan]
     hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     # Within the minute, with a generous margin for a busy machine (the plan is re-fitted
     # after each epoch; each epoch here takes a second or two).
     assert hist[-1]["elapsed_s"] <= 60 * 1.25 and took <= 60 * 1.5, (hist[-1], took)
-    assert 2 <= len(hist) < 400
+    assert 2 <= len(hist) < 4000
     # The schedule ran to its end: the last epoch at a small share of the peak rate.
     assert hist[-1]["lr"] < 0.05 * 3e-3
     last = load_checkpoint(run / "last.safetensors")

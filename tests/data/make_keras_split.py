@@ -13,7 +13,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from keras_fixture import CASES, write_tree  # noqa: E402
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 

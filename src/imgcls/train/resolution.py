@@ -74,18 +74,29 @@ class Pace:
     def seconds(self, size: int) -> float:
         """Predicted seconds of an epoch at `size` px (0 before any epoch was timed or
         probed)."""
+        return self._predictor()(size)
+
+    def _predictor(self):
+        """size (px) -> predicted seconds, fitted once to what has been seen so far."""
         points = self.seen or self.probed
         if not points:
-            return 0.0
+            return lambda size: 0.0
         last_size, last = points[-1]
         model = self._model(points)
         slower = max(1.0, last / max(model(last_size), 1e-9))  # the latest epoch's pace
-        return model(size) * slower
+        return lambda size: model(size) * slower
 
     def plan_seconds(self, cfg: TrainConfig, start: int, end: int, epochs: int,
                      min_size: int = 1) -> float:
         """Predicted seconds of epochs start..end-1 of a plan of `epochs`."""
-        return sum(self.seconds(epoch_size(cfg, e, epochs, min_size)) for e in range(start, end))
+        predict, by_size = self._predictor(), {}
+        total = 0.0
+        for e in range(start, end):
+            size = epoch_size(cfg, e, epochs, min_size)
+            if size not in by_size:  # a plan meets a few sizes: fit and predict once each
+                by_size[size] = predict(size)
+            total += by_size[size]
+        return total
 
     @staticmethod
     def _model(seen: list[tuple[int, float]]):

@@ -133,12 +133,17 @@ class RunWriter:
 
     def end_epoch(self, epoch: int, full: Checkpoint, best: Checkpoint | None,
                   history: list[dict]) -> None:
-        """The epoch's checkpoint, then `last` pointing at it, `best`, pruning, metrics."""
+        """`best`, then the epoch's checkpoint, `last` pointing at it, pruning, metrics.
+
+        `best` goes first: a run killed after its epoch file but before `best` would resume
+        past the epoch that earned it and never write it (a resumed run then kept an older
+        `best` than the same run uninterrupted). Killed after `best` but before the epoch
+        file, the resumed run repeats the epoch and writes the same `best` again."""
+        if best is not None:
+            save_checkpoint(self.run / BEST, best)
         path = epoch_path(self.run, epoch)
         save_checkpoint(path, full)
         replace_with_link(path, self.run / LAST)
-        if best is not None:
-            save_checkpoint(self.run / BEST, best)
         self.prune()
         atomic_write_bytes(self.run / METRICS,
                            "".join(json.dumps(h) + "\n" for h in history).encode())
