@@ -64,6 +64,7 @@ def test_training_learns_and_writes_the_run_folder(data, tmp_path, capsys):
     best = load_checkpoint(run / "best.safetensors")
     assert not best.resumable and best.meta["class_names"] == ["cat", "dog"]
     assert best.meta["metrics"]["val_accuracy"] == max(h["val_accuracy"] for h in history)
+    assert all(0 < h["val_seconds"] < h["seconds"] for h in history)  # validation's share
     assert load_checkpoint(run / "last.safetensors").meta["epoch"] == 6
     assert json.loads((run / "data.json").read_text())["train_images"] == 38
     # The same curves for TensorBoard (`tensorboard --logdir RUN`), epoch by epoch.
@@ -105,8 +106,9 @@ def test_killed_run_resumes_to_bit_identical_weights(data, tmp_path):
     assert same_weights(ref / "best.safetensors", run / "best.safetensors")
     ref_hist = (ref / "metrics.jsonl").read_text().splitlines()
     run_hist = (run / "metrics.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(x).items()
-                            if k not in ("seconds", "images_per_s", "elapsed_s")} for x in lines]
+    clock = ("seconds", "val_seconds", "images_per_s", "elapsed_s")
+    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k not in clock}
+                           for x in lines]
     assert strip(ref_hist) == strip(run_hist)
 
 
@@ -135,7 +137,7 @@ def test_sigint_saves_a_resumable_checkpoint_mid_epoch(data, tmp_path):
     # The interrupted epoch's loss and accuracy cover all its steps, not only those after
     # the resume: the checkpoint carried the partial sums.
     strip = lambda p: [{k: v for k, v in json.loads(x).items()
-                        if k not in ("seconds", "images_per_s", "elapsed_s")}
+                        if k not in ("seconds", "val_seconds", "images_per_s", "elapsed_s")}
                        for x in (p / "metrics.jsonl").read_text().splitlines()]
     assert strip(run) == strip(ref)
 

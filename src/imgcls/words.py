@@ -1,5 +1,5 @@
 """How imgcls says the few things it says in many places: a list cut short, an exception's
-first line, a duration. Standard library only."""
+first line, a duration, a count of things. Standard library only."""
 
 from __future__ import annotations
 
@@ -21,3 +21,8 @@ def duration(seconds: float) -> str:
     if seconds < 30:
         return "under a minute"
     return f"about {seconds / 3600:.1f} h" if seconds >= 5400 else f"about {seconds / 60:.0f} min"
+
+
+def count(n: float, noun: str) -> str:
+    """'1 epoch', '2 epochs', '1.5 minutes': the noun's plural (an added s) unless n is 1."""
+    return f"{n:g} {noun}" if n == 1 else f"{n:g} {noun}s"

@@ -74,6 +74,7 @@ from imgcls.train.state import (
     setup_device,
 )
 from imgcls.version import __version__
+from imgcls.words import count
 from imgcls.words import first_line as _first_line
 
 def fit(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
@@ -267,8 +268,8 @@ def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWr
                      f"imgcls train --resume {display(run)}")
                 return result
             if decision["time"]:
-                log(world, f"Time limit: another epoch would end past {cfg.time_limit:g} "
-                     f"minutes; stopping after epoch {epoch + 1}.")
+                log(world, f"Time limit: another epoch would end past "
+                     f"{count(cfg.time_limit, 'minute')}; stopping after epoch {epoch + 1}.")
                 break
             if decision["patience"]:
                 result.stopped_early = True
@@ -317,12 +318,13 @@ def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_lo
     # must not wait in a collective of a DDP forward that the others do not enter.
     v = run_validation(state.eval_net, val_loader if full else state.val_sample, world,
                        state.eval_autocast, len(state.class_names), None if full else size)
-    s = out.sums.tolist()
+    s, val_s = out.sums.tolist(), time.perf_counter() - t_val
     h = {"epoch": state.epoch + 1, "loss": s[0] / max(1.0, s[2]),
          "accuracy": s[1] / max(1.0, s[2]), "val_loss": float(v.loss),
          "val_accuracy": float(v.accuracy), "lr": state.opt.param_groups[0]["lr"],
          "images_per_s": out.seen * world.size / max(out.seconds, 1e-9),
-         "seconds": out.seconds + time.perf_counter() - t_val,
+         "seconds": out.seconds + val_s,
+         "val_seconds": val_s,  # validation's share (BatchNorm's re-estimation included)
          "elapsed_s": time.perf_counter() - started,
          "resolution": size,  # px the epoch trained at
          # every validation photo at the full size, or a fixed sample at the epoch's size

@@ -99,7 +99,7 @@ def plan_to_budget(cfg: TrainConfig, state, train: BatchLoader, n_val: int, worl
     schedule) to --time-limit, and return the line that says the plan and its finish."""
     from imgcls.train import distributed as D
     from imgcls.train.plan import PLAN_SHARE, fit_epochs
-    from imgcls.words import duration
+    from imgcls.words import count, duration
 
     state.pace.probed = probe(cfg, state.model, train, -(-n_val // world.size), state.steps,
                               state.epochs, state.min_size, state.autocast, state.dtype,
@@ -112,9 +112,9 @@ def plan_to_budget(cfg: TrainConfig, state, train: BatchLoader, n_val: int, worl
         state.plan(fit)
     rest = state.pace.plan_seconds(cfg, 0, fit, fit, state.min_size)
     finish = time.strftime("%H:%M", time.localtime(time.time() + rest))
-    whole = (f"the recipe's {cfg.epochs}" if fit == cfg.epochs else
-             f"{fit} of the recipe's {cfg.epochs} (all: "
+    whole = (f"the recipe's {cfg.epochs} epochs" if fit == cfg.epochs else
+             f"{fit} of the recipe's {cfg.epochs} epochs (all {cfg.epochs}: "
              f"{duration(state.pace.plan_seconds(cfg, 0, cfg.epochs, cfg.epochs, state.min_size))})")
-    return (f"Plan: {whole} epochs in {duration(now - started + rest)} with the set-up, ending "
-            f"near {finish} (--time-limit {cfg.time_limit:g} minutes; 0 for the recipe's own "
+    return (f"Plan: {whole} in {duration(now - started + rest)} with the set-up, ending "
+            f"near {finish} (--time-limit {count(cfg.time_limit, 'minute')}; 0 for the recipe's own "
             "length)")

@@ -20,6 +20,7 @@ from imgcls.train import distributed as D
 from imgcls.train.plan import PLAN_SHARE, epochs_that_fit
 from imgcls.train.report import log
 from imgcls.train.state import FitResult, StopFlag, TrainState
+from imgcls.words import count
 
 MAXIMIZE = {"val_accuracy": True, "accuracy": True, "val_loss": False, "loss": False}
 
@@ -60,9 +61,9 @@ def refit_schedule(cfg: TrainConfig, state: TrainState, fit: int, world: D.World
     if fit == state.epochs:
         return
     if abs(fit - state.epochs) >= 2 or state.epochs == cfg.epochs:  # small drifts quietly
-        log(world, f"Time limit: at this pace {fit} epochs fit in {cfg.time_limit:g} minutes; "
-             f"the {cfg.schedule} learning-rate schedule now ends with epoch {fit} (was "
-             f"{state.epochs})")
+        log(world, f"Time limit: at this pace {count(fit, 'epoch')} fit in "
+                   f"{count(cfg.time_limit, 'minute')}; the {cfg.schedule} learning-rate "
+                   f"schedule now ends with epoch {fit} (was {state.epochs})")
     state.plan(fit)
 
 
