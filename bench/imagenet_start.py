@@ -28,6 +28,7 @@ import argparse
 import json
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -83,6 +84,39 @@ def build(name: str, work: Path) -> list[str]:
     return [str(train), "--val-dir", str(val if val_src is not None else CATSDOGS / "val")]
 
 
+def measure(work: Path, name: str, data: list[str], start: str, seed: int, args) -> dict | None:
+    """One timed `imgcls train` and its `evaluate`; the run folder and cache deleted after."""
+    import torch
+
+    out, cache = work / "runs" / f"{name}-{start}-{seed}", work / f"cache-{name}-{start}-{seed}"
+    try:
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, "-m", "imgcls", "train", *data, "--out",
+                              str(out), "--seed", str(seed), "--cache-dir", str(cache),
+                              *STARTS[start], *args.train_args],
+                             capture_output=True, text=True)
+        minutes = (time.perf_counter() - t0) / 60
+        if res.returncode:
+            print(res.stderr[-3000:], file=sys.stderr)
+            return None
+        ev = subprocess.run([sys.executable, "-m", "imgcls", "evaluate", str(out),
+                             "--json", "--no-figures"], capture_output=True, text=True,
+                            check=True)
+        hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        fixed = next((x for x in res.stdout.splitlines() if x.startswith("Fixed:")), "")
+        return {"set": name, "start": start, "seed": seed, "name": args.name,
+                "args": args.train_args, "epochs": len(hist),
+                "best_val_accuracy": max(h["val_accuracy"] for h in hist),
+                "accuracy_tta": json.loads(ev.stdout)["accuracy"],
+                "minutes": round(minutes, 2),
+                "train_images_per_s": round(statistics.mean(h["images_per_s"] for h in hist), 1),
+                "fixed": fixed, "cpu": cpu(), "torch": torch.__version__,
+                "python": platform.python_version()}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", nargs="+", default=["catsdogs"])
@@ -95,38 +129,21 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="imgcls-imagenet-"))
     rows = []
-    for name in args.sets:
-        data = build(name, work)
-        for start in args.starts:
-            for seed in args.seeds:
-                out, cache = work / "runs" / f"{name}-{start}-{seed}", work / f"cache-{name}-{start}-{seed}"
-                t0 = time.perf_counter()
-                res = subprocess.run([sys.executable, "-m", "imgcls", "train", *data, "--out",
-                                      str(out), "--seed", str(seed), "--cache-dir", str(cache),
-                                      *STARTS[start], *args.train_args],
-                                     capture_output=True, text=True)
-                minutes = (time.perf_counter() - t0) / 60
-                if res.returncode:
-                    print(res.stderr[-3000:], file=sys.stderr)
-                    continue
-                ev = subprocess.run([sys.executable, "-m", "imgcls", "evaluate", str(out),
-                                     "--json", "--no-figures"], capture_output=True, text=True,
-                                    check=True)
-                hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-                fixed = next((x for x in res.stdout.splitlines() if x.startswith("Fixed:")), "")
-                rows.append({"set": name, "start": start, "seed": seed, "name": args.name,
-                             "args": args.train_args, "epochs": len(hist),
-                             "best_val_accuracy": max(h["val_accuracy"] for h in hist),
-                             "accuracy_tta": json.loads(ev.stdout)["accuracy"],
-                             "minutes": round(minutes, 2),
-                             "train_images_per_s": round(statistics.mean(
-                                 h["images_per_s"] for h in hist), 1),
-                             "fixed": fixed, "cpu": cpu(), "torch": torch.__version__,
-                             "python": platform.python_version()})
-                print(json.dumps(rows[-1]), flush=True)
-                (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
-                with open(ROOT / "bench" / "out" / "imagenet_start.jsonl", "a") as f:
-                    f.write(json.dumps(rows[-1]) + "\n")
+    try:
+        for name in args.sets:
+            data = build(name, work)
+            for start in args.starts:
+                for seed in args.seeds:
+                    row = measure(work, name, data, start, seed, args)
+                    if row is None:
+                        continue
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
+                    with open(ROOT / "bench" / "out" / "imagenet_start.jsonl", "a") as f:
+                        f.write(json.dumps(row) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # each run's cache is gigabytes
     print("\n| set | start | accuracy (evaluate, TTA) | minutes | seeds |\n| --- | --- | --- | --- | --- |")
     for name in args.sets:
         for start in args.starts:

@@ -25,7 +25,8 @@ def test_a_one_minute_budget_is_planned_first_and_kept(data, tmp_path):
     run = tmp_path / "run"
     t0 = time.perf_counter()
     # 4,000 epochs: more than a minute on any machine (400 fitted on a fast CI runner).
-    res = cli("train", data, "--out", run, "--epochs", "4000", "--time-limit", "1", *SMALL)
+    res = cli("train", data, "--out", run, "--epochs", "4000", "--time-limit", "1", "--keep", "2",
+              *SMALL)  # --keep: hundreds of epoch files filled 5 GB
     took = time.perf_counter() - t0
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()

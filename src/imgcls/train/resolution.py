@@ -53,7 +53,8 @@ class Pace:
     """Seconds an epoch of a given size takes, learnt from the epochs this process ran: the
     clock of the time limit and of the pace line.
 
-    One size timed: seconds in proportion to the side (epoch_cost's rule). Two or more: t = a
+    One size timed: the probe's curve (train.probe timed two sizes) scaled to that epoch, or
+    without a probe seconds in proportion to the side (epoch_cost's rule). Two or more: t = a
     + b * size^2 fitted to each size's median epoch (a: what the pixels do not drive,
     validation at the full size and loading; b: the convolutions, which weigh more on a slow
     CPU). On the AVX2 EPYC in float32, epochs at 64 / 80 / 96 / 128 px took 135 / 177 / 240 /
@@ -81,6 +82,14 @@ class Pace:
         points = self.seen or self.probed
         if not points:
             return lambda size: 0.0
+        if self.probed and len({s for s, _ in self.seen}) == 1:
+            # One size timed for real: the probe's curve over sizes, scaled to that epoch.
+            # The side rule alone put the full job's 18 epochs at 17 minutes after a 64 px
+            # epoch, though the probe had timed 160 px and planned 24 (they took 25).
+            probed = self._model(self.probed)
+            size, t = self.seen[-1]
+            scale = t / max(probed(size), 1e-9)
+            return lambda s: probed(s) * scale
         last_size, last = points[-1]
         model = self._model(points)
         slower = max(1.0, last / max(model(last_size), 1e-9))  # the latest epoch's pace
