@@ -74,8 +74,7 @@ from imgcls.train.state import (
     setup_device,
 )
 from imgcls.version import __version__
-from imgcls.words import count
-from imgcls.words import first_line as _first_line
+from imgcls.words import count, first_line as _first_line
 
 def fit(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
         made_here: bool = False) -> FitResult:

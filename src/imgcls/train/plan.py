@@ -80,9 +80,9 @@ def epochs_that_fit(cfg: TrainConfig, pace: Pace, epoch: int, planned: int, elap
     # Up to cfg.epochs, not just the current plan: a first epoch slowed by warm-up may have
     # planned too few. Epochs still below the full size cost less (the current plan's ramp),
     # as much less as this run's own epochs have shown (train.resolution.Pace).
-    fit, spent = epoch + 1, 0.0
+    fit, spent, predict = epoch + 1, 0.0, pace.predictor()
     while fit < cfg.epochs:
-        spent += pace.seconds(epoch_size(cfg, fit, planned, min_size))
+        spent += predict(epoch_size(cfg, fit, planned, min_size))
         if spent > left:
             break
         fit += 1

@@ -112,9 +112,9 @@ def plan_to_budget(cfg: TrainConfig, state, train: BatchLoader, n_val: int, worl
         state.plan(fit)
     rest = state.pace.plan_seconds(cfg, 0, fit, fit, state.min_size)
     finish = time.strftime("%H:%M", time.localtime(time.time() + rest))
+    every = state.pace.plan_seconds(cfg, 0, cfg.epochs, cfg.epochs, state.min_size)
     whole = (f"the recipe's {cfg.epochs} epochs" if fit == cfg.epochs else
-             f"{fit} of the recipe's {cfg.epochs} epochs (all {cfg.epochs}: "
-             f"{duration(state.pace.plan_seconds(cfg, 0, cfg.epochs, cfg.epochs, state.min_size))})")
+             f"{fit} of the recipe's {cfg.epochs} epochs (all {cfg.epochs}: {duration(every)})")
     return (f"Plan: {whole} in {duration(now - started + rest)} with the set-up, ending "
-            f"near {finish} (--time-limit {count(cfg.time_limit, 'minute')}; 0 for the recipe's own "
-            "length)")
+            f"near {finish} (--time-limit {count(cfg.time_limit, 'minute')}; 0 for the "
+            "recipe's own length)")

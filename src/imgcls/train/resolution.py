@@ -75,9 +75,9 @@ class Pace:
     def seconds(self, size: int) -> float:
         """Predicted seconds of an epoch at `size` px (0 before any epoch was timed or
         probed)."""
-        return self._predictor()(size)
+        return self.predictor()(size)
 
-    def _predictor(self):
+    def predictor(self):
         """size (px) -> predicted seconds, fitted once to what has been seen so far."""
         points = self.seen or self.probed
         if not points:
@@ -98,14 +98,8 @@ class Pace:
     def plan_seconds(self, cfg: TrainConfig, start: int, end: int, epochs: int,
                      min_size: int = 1) -> float:
         """Predicted seconds of epochs start..end-1 of a plan of `epochs`."""
-        predict, by_size = self._predictor(), {}
-        total = 0.0
-        for e in range(start, end):
-            size = epoch_size(cfg, e, epochs, min_size)
-            if size not in by_size:  # a plan meets a few sizes: fit and predict once each
-                by_size[size] = predict(size)
-            total += by_size[size]
-        return total
+        predict = self.predictor()  # fitted once for the whole plan, not once an epoch
+        return sum(predict(epoch_size(cfg, e, epochs, min_size)) for e in range(start, end))
 
     @staticmethod
     def _model(seen: list[tuple[int, float]]):
