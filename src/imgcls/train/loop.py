@@ -328,7 +328,12 @@ def _finish_epoch(cfg: TrainConfig, state: TrainState, out: EpochOutcome, val_lo
          "resolution": size,  # px the epoch trained at
          # every validation photo at the full size, or a fixed sample at the epoch's size
          "val_images": int(v.true_counts.sum()), "val_full": full}
-    state.pace.add(size, h["seconds"])
+    # The pace learns an epoch's whole share of the clock: from the end of the one before,
+    # so its checkpoint writes and the loader's start count too (on a slow disk they were
+    # most of a small run's epoch, and a plan timed on `seconds` alone was cut short).
+    now = time.perf_counter()
+    state.pace.add(size, h["seconds"] if state.epoch_end is None else now - state.epoch_end)
+    state.epoch_end = now
     warning = collapse_warning(v.pred_counts, v.true_counts, v.accuracy, h["accuracy"],
                                state.class_names, state.epoch + 1, cfg.preset)
     if warning:

@@ -113,6 +113,7 @@ class TrainState:
     warned_collapse: bool = False
     epochs: int = 0  # epochs the schedule runs over: cfg.epochs, or fewer under --time-limit
     pace: Pace = field(default_factory=Pace)  # this process's epochs, timed by size
+    epoch_end: float | None = None  # perf_counter() at the end of this process's last epoch
     said_seconds: float = 0.0  # the run's length the last pace line told the user (s)
     mixup: float = 0.0  # the alpha in use (cfg.mixup resolved for the data size)
     dtype: torch.dtype = torch.float32  # of the weights and the inputs (float64: --amp fp64)

@@ -19,6 +19,7 @@ from imgcls.fsutil import display
 from imgcls.train import distributed as D
 from imgcls.train.plan import PLAN_SHARE, epochs_that_fit
 from imgcls.train.report import log
+from imgcls.train.resolution import epoch_size
 from imgcls.train.state import FitResult, StopFlag, TrainState
 from imgcls.words import count
 
@@ -39,18 +40,28 @@ def epoch_stops(cfg: TrainConfig, state: TrainState, h: dict, stop: StopFlag,
                 world: D.World, device: torch.device) -> dict:
     """The stop rules after an epoch, agreed by every rank (each rank's clock and signals
     may differ; the validation metrics are already the same everywhere)."""
+    # Another epoch is out of time when the pace (the same the plan is fitted by) puts its
+    # end past the budget: the plan then ends here too, unless an epoch ran slower than
+    # the pace predicted.
+    nxt = epoch_size(cfg, state.epoch + 1, state.epochs, state.min_size)
     out_of_time = bool(cfg.time_limit and state.epoch + 1 < state.epochs and
-                       h["elapsed_s"] + h["seconds"] > cfg.time_limit * 60)
+                       h["elapsed_s"] + state.pace.seconds(nxt) > cfg.time_limit * 60)
     patience = bool(cfg.patience and state.bad_epochs >= cfg.patience)
     # After the first epoch (which corrects the probe's estimate) the plan may grow, aimed
     # at PLAN_SHARE of the budget; later it only shrinks, when its end would pass the budget:
     # a plan grown late raises the learning rate again, and one re-timed at every epoch's
-    # jitter makes its rate and resolution jump back and forth.
+    # jitter makes its rate and resolution jump back and forth. A plan that shrinks is aimed
+    # at PLAN_SHARE again: one aimed at all of the budget was cut, an epoch before its end
+    # at a rate 10x its last, by the next epoch a little slower than the pace.
     first = state.epoch == 0
-    fit = epochs_that_fit(cfg, state.pace, state.epoch, state.epochs, h["elapsed_s"],
-                          state.min_size, PLAN_SHARE if first else 1.0)
+
+    def fit_at(share: float) -> int:
+        return epochs_that_fit(cfg, state.pace, state.epoch, state.epochs, h["elapsed_s"],
+                               state.min_size, share)
+
+    fit = fit_at(PLAN_SHARE if first else 1.0)
     if not first:
-        fit = min(fit, state.epochs)
+        fit = state.epochs if fit >= state.epochs else fit_at(PLAN_SHARE)
     # max of -fit: the fewest epochs any rank's clock allows.
     return D.agree(world, device, signal=stop.signal is not None, time=out_of_time,
                    patience=patience, fit=-fit,
