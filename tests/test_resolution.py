@@ -36,6 +36,20 @@ def test_the_plan_rises_from_low_res_to_the_full_size_and_stays():
     small = TrainConfig(image_size=32, low_res=0.5)
     assert ramp_line(small, 10, min_size=32) == "" and epoch_cost(small, 0, 10, 32) == 1
     assert epoch_size(TrainConfig(image_size=8, low_res=0.5), 0, 10) == 8  # never upscaled
+    # The full size itself is reached, not its nearest multiple of 16 (180 px ended at 176:
+    # no epoch was ever at the size prediction uses), and the last epoch is at it however
+    # short the plan (3 epochs ended at 112 of 128 px).
+    odd = TrainConfig(image_size=180, low_res=0.4, low_res_until=0.75)
+    assert [epoch_size(odd, e, 18) for e in range(18)][-4:] == [180] * 4
+    assert max(epoch_size(odd, e, 18) for e in range(18)) == 180
+    for n in (1, 2, 3):
+        assert epoch_size(cfg, n - 1, n) == 128 and epoch_size(odd, n - 1, n) == 180
+    assert epoch_size(cfg, 0, 2) < 128
+    # The line says what validation does: a sample below the full size, or (a validation
+    # set small enough to check whole) every photo at the full size every epoch.
+    assert "fixed sample" in ramp_line(cfg, 30)
+    whole = ramp_line(cfg, 30, sampled=False)
+    assert "fixed sample" not in whole and "every photo at the full size, every epoch" in whole
 
 
 def test_resize_batch_shrinks_as_pillow_does():

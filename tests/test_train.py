@@ -243,6 +243,7 @@ def test_any_trace_of_a_run_refuses_a_new_run_into_its_folder(data, tmp_path):
     res = cli("train", data, "--out", run, "--epochs", "1", *TINY)
     assert res.returncode == 2 and "already holds a run" in res.stderr
     assert "best.safetensors" in res.stderr and "checkpoints/" in res.stderr
+    assert "--resume" in res.stderr  # config and epoch files: it can be continued
     after = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == before
     # An epoch file alone is a trace too.
@@ -251,6 +252,7 @@ def test_any_trace_of_a_run_refuses_a_new_run_into_its_folder(data, tmp_path):
     shutil.copy(run / "checkpoints" / "epoch_001.safetensors", only / "checkpoints")
     res = cli("train", data, "--out", only, "--epochs", "1", *TINY)
     assert res.returncode == 2 and "already holds a run (checkpoints/)" in res.stderr
+    assert "--resume" not in res.stderr  # no config: nothing there can be resumed
 
 
 def test_one_class_folder_and_resume_mismatch_are_refused(data, tmp_path):
@@ -598,6 +600,29 @@ def test_a_time_limit_counts_the_checkpoint_writes_of_each_epoch(data, tmp_path,
     assert hist[-1]["lr"] < 0.1 * 3e-3, [h["lr"] for h in hist]
     planned = load_checkpoint(run / "last.safetensors").train_meta["schedule_epochs"]
     assert len(hist) <= planned <= len(hist) + 1
+
+
+def test_a_signal_in_the_last_epochs_validation_ends_the_run_as_finished(data, tmp_path,
+                                                                         monkeypatch, capsys):
+    """Ctrl-C after the last step: the run has trained every epoch. Old main said 'Stopped
+    after epoch 2. Resume with ...' and exited 130, for a run with nothing left to resume."""
+    import signal as sig
+
+    import imgcls.train.loop as loop
+
+    real = loop._finish_epoch
+
+    def finish_after_a_signal(cfg, state, *args):
+        if state.epoch == 1:  # the last of 2: the signal lands during its validation
+            os.kill(os.getpid(), sig.SIGINT)
+        return real(cfg, state, *args)
+
+    monkeypatch.setattr(loop, "_finish_epoch", finish_after_a_signal)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--epochs", "2", *map(str, TINY)]) == 0
+    out = capsys.readouterr().out
+    assert "Resume with" not in out and "Best: epoch" in out
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 # ----------------------------------------------------------------------------- no wrong answer

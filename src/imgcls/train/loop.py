@@ -148,9 +148,7 @@ def _fit_locked(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
             log(world, f"imgcls: warning: skipping {w}", file=sys.stderr)
     elif D.agree(world, device, taken=bool(traces := writer.run_traces()) and world.main
                  )["taken"]:
-        stop_everywhere(world, f"{display(run)} already holds a run ({', '.join(traces)}); "
-                         f"continue it with `imgcls train --resume {display(run)}` or choose "
-                         "another --out")
+        stop_everywhere(world, writer.taken_message(traces))
 
     data = prepare_data(cfg, world, run, resume, None if resumed is None else
                         PreprocessSpec.from_dict(resumed.meta["preprocess"]))
@@ -175,7 +173,8 @@ def _fit_locked(cfg: TrainConfig, run: Path, resume: bool, device: torch.device,
     if resumed is None and cfg.time_limit and cfg.schedule != "constant" and state.top is None:
         log(world, plan_to_budget(cfg, state, train_loader, len(data.val_rows), world, device,
                                   started))
-    if resumed is None and (ramp := ramp_line(cfg, state.epochs, state.min_size)):
+    if resumed is None and (ramp := ramp_line(cfg, state.epochs, state.min_size,
+                                                   state.val_sample is not None)):
         log(world, ramp)
     log(world, f"Precision: {precision_line(device, cfg.amp)}")
     if train_loader.passes > 1:
@@ -261,7 +260,9 @@ def _epochs(cfg, run, state: TrainState, train_loader, val_loader, writer: RunWr
                                                  state.pace, state.said_seconds, state.min_size)
             if line and not decision["signal"]:  # a run that stops now has no time left
                 log(world, line, file=sys.stderr)
-            if decision["signal"]:
+            # A signal during the last epoch's final steps leaves nothing to resume: the run
+            # ended as planned and says so (it said "Resume with" a finished run).
+            if decision["signal"] and epoch + 1 < state.epochs:
                 result.interrupted = True
                 log(world, f"Stopped after epoch {epoch + 1}. Resume with: "
                      f"imgcls train --resume {display(run)}")

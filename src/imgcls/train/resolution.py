@@ -35,10 +35,14 @@ def epoch_size(cfg: TrainConfig, epoch: int, epochs: int, min_size: int = 1) -> 
     """px the 0-based `epoch` of `epochs` trains at (cfg.image_size without low_res); never
     below the network's smallest input (`min_size`, px)."""
     full = cfg.image_size
-    if not cfg.low_res or cfg.low_res >= 1:
+    if not cfg.low_res or cfg.low_res >= 1 or epochs <= 1:
         return full
-    ramp = max(1.0, cfg.low_res_until * epochs)  # epochs over which the size rises
-    frac = min(1.0, cfg.low_res + (1 - cfg.low_res) * epoch / ramp)
+    # Epochs over which the size rises: the last epoch is always at the full size, however
+    # short the plan (a 3-epoch run ended at 112 of 128 px and was never validated whole).
+    ramp = max(1.0, min(cfg.low_res_until * epochs, epochs - 1))
+    frac = cfg.low_res + (1 - cfg.low_res) * epoch / ramp
+    if frac >= 1:  # the full size itself, not its nearest multiple of STEP (180 -> 176)
+        return full
     size = round(full * frac / STEP) * STEP
     return min(full, max(size, min_size, STEP))  # never above the full size, however small
 
@@ -132,8 +136,10 @@ def full_epochs(cfg: TrainConfig, start: int, end: int, epochs: int, min_size: i
     return sum(epoch_cost(cfg, e, epochs, min_size) for e in range(start, end))
 
 
-def ramp_line(cfg: TrainConfig, epochs: int, min_size: int = 1) -> str:
-    """One line saying the plan's sizes and what they save ("" when all are full size)."""
+def ramp_line(cfg: TrainConfig, epochs: int, min_size: int = 1, sampled: bool = True) -> str:
+    """One line saying the plan's sizes and what they save ("" when all are full size);
+    `sampled`: the smaller epochs validate a fixed sample (a small validation set is
+    checked whole, at the full size, every epoch)."""
     sizes = [epoch_size(cfg, e, epochs, min_size) for e in range(epochs)]
     full = sizes.index(cfg.image_size) if cfg.image_size in sizes else epochs
     if full == 0:
@@ -141,5 +147,6 @@ def ramp_line(cfg: TrainConfig, epochs: int, min_size: int = 1) -> str:
     saved = 1 - full_epochs(cfg, 0, epochs, epochs, min_size) / epochs
     return (f"Resolution: epochs 1-{full} at {sizes[0]}-{sizes[max(full - 1, 0)]} px, then "
             f"{cfg.image_size} px (--low-res {cfg.low_res:g}; about {saved:.0%} less training "
-            f"time); validation: a fixed sample at each epoch's size until then, every photo "
-            "at the full size from there (only those epochs may be the best)")
+            + ("time); validation: a fixed sample at each epoch's size until then, every "
+               "photo at the full size from there (only those epochs may be the best)"
+               if sampled else "time); validation: every photo at the full size, every epoch"))

@@ -25,7 +25,7 @@ from imgcls.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from imgcls.fsutil import atomic_write_bytes, atomic_write_json, temp_path_for
+from imgcls.fsutil import atomic_write_bytes, atomic_write_json, display, temp_path_for
 
 METRICS, CONFIG, DATA, LOCK = "metrics.jsonl", "config.json", "data.json", ".lock"
 
@@ -122,6 +122,15 @@ class RunWriter:
         if any((self.run / EPOCHS).glob("*.safetensors")):
             found.append(f"{EPOCHS}/")
         return found
+
+    def taken_message(self, traces: list[str]) -> str:
+        """The one line refusing to train over `traces`: --resume is offered only where
+        there is something to resume (a config and a full checkpoint)."""
+        where = display(self.run)
+        resumable = CONFIG in traces and (LAST in traces or f"{EPOCHS}/" in traces)
+        fix = (f"continue it with `imgcls train --resume {where}` or choose another --out"
+               if resumable else "choose another --out (nothing there can be resumed)")
+        return f"{where} already holds a run ({', '.join(traces)}); {fix}"
 
     def start(self, config: dict, data: dict) -> None:
         self.run.mkdir(parents=True, exist_ok=True)
