@@ -235,3 +235,15 @@ def test_evaluate_finds_a_moved_data_folder(trained, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == json.loads((run / "data.json").read_text())["val_images"]
     assert report["data"] == str(moved.resolve())
+
+
+def test_evaluate_says_the_runs_data_folder_is_gone(tmp_path, capsys):
+    """Old main: 'DATA: no such folder', naming neither the run it came from nor --data."""
+    data = images.two_class_tree(tmp_path / "data", 6, 40)
+    run = images.train_tiny(data, tmp_path / "run", "--epochs", "1")
+    data.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "checkpoints" / "epoch_001.safetensors"),
+                 "--no-figures"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gone" in err[0] and "--data DIR" in err[0]

@@ -7,7 +7,7 @@
     split.py       the seeded split; its record in the run folder, read back on resume
     download.py    fetch and safely unzip the Kaggle archive
     preprocess.py  THE decode/orient/convert/resize recipe, versioned (PREPROCESS_VERSION)
-    cache.py       each photo decoded once into a memory-mapped uint8 array
+    cache.py       each photo decoded once into one uint8 array on disk (.npy)
     loader.py      shuffled, sharded uint8 batches
     augment.py     whole-batch augmentation on the device
 Imports nothing from train/, infer/ or viz/.

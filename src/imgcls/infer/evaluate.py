@@ -152,6 +152,9 @@ def run_validation_items(run_dir: Path, class_names: list[str], moved_to: str | 
         if not Path(moved_to).is_dir():
             raise UserError(f"{display(moved_to)}: no such folder")
         cfg["data_dir"] = str(Path(moved_to).expanduser().resolve())
+    elif not Path(cfg["data_dir"]).is_dir():
+        raise UserError(f"{display(cfg['data_dir'])}: the data folder {display(run_dir)} trained "
+                        "on is gone; say where it is now with --data DIR, or give a DATA_DIR")
     labels = cfg.get("labels", "folders")
     opts = ScanOptions(max_pixels=cfg["max_pixels"], cache_dir=cfg.get("cache_dir"), labels=labels)
     record = read_record(run_dir)
