@@ -3,7 +3,6 @@ the full size, and the clock (time limit, pace line) counts the cheaper epochs."
 
 from __future__ import annotations
 
-
 import images
 import numpy as np
 import pytest

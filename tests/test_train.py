@@ -608,7 +608,7 @@ def test_a_signal_in_the_last_epochs_validation_ends_the_run_as_finished(data, t
     after epoch 2. Resume with ...' and exited 130, for a run with nothing left to resume."""
     import signal as sig
 
-    import imgcls.train.loop as loop
+    from imgcls.train import loop
 
     real = loop._finish_epoch
 

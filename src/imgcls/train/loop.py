@@ -46,8 +46,8 @@ from imgcls.train import distributed as D
 from imgcls.train.bnstats import collapse_warning, recalibrate
 from imgcls.train.epoch import EpochOutcome, run_validation, train_epoch
 from imgcls.train.plan import plan_run, validates_fully
-from imgcls.train.probe import plan_to_budget
 from imgcls.train.prepare import data_summary, prepare_data, scan_lines
+from imgcls.train.probe import plan_to_budget
 from imgcls.train.report import (
     cpu_hint,
     epoch_line,
@@ -61,7 +61,6 @@ from imgcls.train.report import (
 )
 from imgcls.train.resolution import SIZE_RECAL, epoch_size, ramp_line
 from imgcls.train.runfolder import RunLock, RunWriter
-from imgcls.train.stops import best_epoch, diverged_message, epoch_stops, refit_schedule, score_epoch
 from imgcls.train.state import (
     FitResult,
     StopFlag,
@@ -73,8 +72,17 @@ from imgcls.train.state import (
     seed_for,
     setup_device,
 )
+from imgcls.train.stops import (
+    best_epoch,
+    diverged_message,
+    epoch_stops,
+    refit_schedule,
+    score_epoch,
+)
 from imgcls.version import __version__
-from imgcls.words import count, first_line as _first_line
+from imgcls.words import count
+from imgcls.words import first_line as _first_line
+
 
 def fit(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
         made_here: bool = False) -> FitResult:
