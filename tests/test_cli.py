@@ -216,6 +216,14 @@ def test_the_api_refuses_or_takes_every_input_kind(trained):
     arr = np.asarray(__import__("PIL.Image").Image.open(photo).convert("RGB"))
     assert np.allclose(model.probabilities(torch.from_numpy(arr.copy()).permute(2, 0, 1)),
                        want, atol=1e-4)
+    # Batches: (N, H, W, 3) arrays and PyTorch's (N, C, H, W) layout (old main refused the
+    # tensor batch, naming only array shapes).
+    two = model.probabilities(np.stack([arr, arr[:, ::-1]]))
+    assert two.shape == (2, len(model.class_names)) and np.allclose(two[0], want, atol=1e-4)
+    chw = torch.from_numpy(np.stack([arr, arr[:, ::-1]]).copy()).permute(0, 3, 1, 2)
+    assert np.allclose(model.probabilities(chw), two, atol=1e-4)
+    with pytest.raises(imgcls.UserError, match=r"\(C, H, W\)"):
+        model.probabilities(np.zeros((8, 8, 5), np.uint8))
     with pytest.raises(imgcls.UserError, match="an empty array"):
         model.probabilities(np.zeros((0, 0, 3), np.uint8))
     with pytest.raises(imgcls.UserError, match="NoneType is not an image"):

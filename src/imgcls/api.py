@@ -215,11 +215,14 @@ class Model:
 
     @staticmethod
     def _as_list(inputs) -> list:
-        """One input, or a list/tuple of them, or an (N, H, W, C) batch array -> a list."""
+        """One input, or a list/tuple of them, or a batch -> a list: an (N, H, W, C) array,
+        or an (N, C, H, W) torch tensor (PyTorch's batch layout)."""
         from PIL import Image
 
         if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
             return list(inputs)
+        if type(inputs).__module__.startswith("torch") and getattr(inputs, "ndim", 0) == 4:
+            return list(inputs.unbind(0))
         if isinstance(inputs, (list, tuple)):
             return list(inputs)
         if inputs is None or isinstance(inputs, (str, os.PathLike, bytes, bytearray,
@@ -234,8 +237,9 @@ class Model:
     def predict(self, inputs, tta: bool | None = None, batch_size: int = 32) -> list:
         """One Prediction (path, class_name, probabilities, error) per input, in order.
 
-        inputs: one or a list of paths, PIL images, (H, W, 3) arrays, or an (N, H, W, 3)
-        array. tta: average with the mirror image (default: as the training recipe says)."""
+        inputs: one or a list of paths, PIL images, (H, W, 3) arrays or (C, H, W) torch
+        tensors, or a batch: an (N, H, W, 3) array or an (N, C, H, W) tensor. tta: average
+        with the mirror image (default: as the training recipe says)."""
         items = self._as_list(inputs)
         from imgcls.runtime import interactive
 

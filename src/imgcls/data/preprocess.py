@@ -185,8 +185,8 @@ def array_to_image(a: np.ndarray, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (2, 3, 4)):
-        raise ImageError(f"an array image must be (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, "
-                         f"not {a.shape}")
+        raise ImageError(f"an array image must be (H, W), (H, W, 3) RGB or (H, W, 4) RGBA "
+                         f"(a torch tensor: (C, H, W)), not {a.shape}")
     if a.size == 0:
         raise ImageError(f"an empty array {a.shape}")
     _check_pixels(a.shape[1], a.shape[0], max_pixels)
