@@ -47,6 +47,8 @@ def test_the_plan_rises_from_low_res_to_the_full_size_and_stays():
     # The line says what validation does: a sample below the full size, or (a validation
     # set small enough to check whole) every photo at the full size every epoch.
     assert "fixed sample" in ramp_line(cfg, 30)
+    assert ramp_line(cfg, 30).startswith("Resolution: epochs 1-")
+    assert ramp_line(cfg, 2).startswith("Resolution: epoch 1 at 64 px, then 128 px")
     whole = ramp_line(cfg, 30, sampled=False)
     assert "fixed sample" not in whole and "every photo at the full size, every epoch" in whole
 

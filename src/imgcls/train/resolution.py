@@ -145,7 +145,10 @@ def ramp_line(cfg: TrainConfig, epochs: int, min_size: int = 1, sampled: bool = 
     if full == 0:
         return ""
     saved = 1 - full_epochs(cfg, 0, epochs, epochs, min_size) / epochs
-    return (f"Resolution: epochs 1-{full} at {sizes[0]}-{sizes[max(full - 1, 0)]} px, then "
+    lo, hi = sizes[0], sizes[full - 1]
+    which = f"epoch 1 at {lo}" if full == 1 else f"epochs 1-{full} at {lo}" + (
+        f"-{hi}" if hi != lo else "")
+    return (f"Resolution: {which} px, then "
             f"{cfg.image_size} px (--low-res {cfg.low_res:g}; about {saved:.0%} less training "
             + ("time); validation: a fixed sample at each epoch's size until then, every "
                "photo at the full size from there (only those epochs may be the best)"
