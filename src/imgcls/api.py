@@ -219,15 +219,16 @@ class Model:
         or an (N, C, H, W) torch tensor (PyTorch's batch layout)."""
         from PIL import Image
 
+        tensor = type(inputs).__module__.startswith("torch")
         if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
             return list(inputs)
-        if type(inputs).__module__.startswith("torch") and getattr(inputs, "ndim", 0) == 4:
+        if tensor and getattr(inputs, "ndim", 0) == 4:
             return list(inputs.unbind(0))
         if isinstance(inputs, (list, tuple)):
             return list(inputs)
         if inputs is None or isinstance(inputs, (str, os.PathLike, bytes, bytearray,
                                                  memoryview, Image.Image, np.ndarray)) \
-                or hasattr(inputs, "read") or type(inputs).__module__.startswith("torch"):
+                or hasattr(inputs, "read") or tensor:
             return [inputs]
         try:
             return list(inputs)

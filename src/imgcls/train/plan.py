@@ -100,10 +100,9 @@ VAL_SAMPLE = 512
 
 def validates_fully(cfg: TrainConfig, epoch: int, epochs: int, min_size: int = 1) -> bool:
     """Whether the 0-based `epoch` validates every photo at the full size: the epochs at the
-    full size (the only ones that may become the best) and the last; the others check
-    VAL_SAMPLE photos at their own size."""
-    return (not cfg.low_res or epoch == epochs - 1
-            or epoch_size(cfg, epoch, epochs, min_size) == cfg.image_size)
+    full size (the only ones that may become the best; the last always is); the others
+    check VAL_SAMPLE photos at their own size."""
+    return epoch_size(cfg, epoch, epochs, min_size) == cfg.image_size
 
 
 def fit_epochs(cfg: TrainConfig, pace: Pace, left_s: float, most: int, min_size: int = 1) -> int:

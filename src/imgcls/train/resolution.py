@@ -141,15 +141,15 @@ def ramp_line(cfg: TrainConfig, epochs: int, min_size: int = 1, sampled: bool = 
     `sampled`: the smaller epochs validate a fixed sample (a small validation set is
     checked whole, at the full size, every epoch)."""
     sizes = [epoch_size(cfg, e, epochs, min_size) for e in range(epochs)]
-    full = sizes.index(cfg.image_size) if cfg.image_size in sizes else epochs
+    full = sizes.index(cfg.image_size)  # the last epoch always is at the full size
     if full == 0:
         return ""
     saved = 1 - full_epochs(cfg, 0, epochs, epochs, min_size) / epochs
     lo, hi = sizes[0], sizes[full - 1]
-    which = f"epoch 1 at {lo}" if full == 1 else f"epochs 1-{full} at {lo}" + (
-        f"-{hi}" if hi != lo else "")
-    return (f"Resolution: {which} px, then "
-            f"{cfg.image_size} px (--low-res {cfg.low_res:g}; about {saved:.0%} less training "
-            + ("time); validation: a fixed sample at each epoch's size until then, every "
-               "photo at the full size from there (only those epochs may be the best)"
-               if sampled else "time); validation: every photo at the full size, every epoch"))
+    which = (f"epoch 1 at {lo}" if full == 1 else
+             f"epochs 1-{full} at {lo}" + (f"-{hi}" if hi != lo else ""))
+    check = ("a fixed sample at each epoch's size until then, every photo at the full size "
+             "from there (only those epochs may be the best)" if sampled else
+             "every photo at the full size, every epoch")
+    return (f"Resolution: {which} px, then {cfg.image_size} px (--low-res {cfg.low_res:g}; "
+            f"about {saved:.0%} less training time); validation: {check}")
