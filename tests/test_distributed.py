@@ -257,3 +257,35 @@ def test_a_failed_set_up_on_rank_0_is_said_by_rank_0_alone(tmp_path):
     out, err = _ranks_exit_within(proc, 120)
     errs = [line for line in err.splitlines() if line.startswith("imgcls: error:")]
     assert proc.returncode != 0 and len(errs) == 1 and "one class" in errs[0], err[-3000:]
+
+
+ENDS_CLEAN = """
+import os, sys
+from imgcls.cli import main
+code = main(sys.argv[1:])
+threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+left = [name for name in threads if "gloo" in name]
+print(f"rank {os.environ['RANK']} exit {code}, Gloo threads left: {left}", flush=True)
+sys.exit(code or (3 if left else 0))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads in Linux's /proc")
+def test_a_finished_rank_has_torn_its_process_group_down(setup, tmp_path):
+    """Old main: DDP's constructor imported torch._dynamo while the process group existed,
+    and that import kept the group alive past destroy_process_group; its Gloo threads lived
+    on into interpreter exit, where tearing the group down now and then aborted a rank after
+    a complete run (CI: exit -6, "terminate called without an active exception"). Whether
+    the threads are gone when `train` returns is deterministic; the abort is not."""
+    data, cfg = setup
+    script = tmp_path / "ends_clean.py"
+    script.write_text(ENDS_CLEAN)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", str(script), "train", "--preset", "tutorial",
+                          str(data), "--out", str(tmp_path / "run"), "--config", str(cfg),
+                          "--epochs", "1"], capture_output=True, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    said = sorted(re.findall(r"rank \d exit \d+, Gloo threads left: .*", res.stdout))
+    assert said == [f"rank {r} exit 0, Gloo threads left: []" for r in (0, 1)], \
+        res.stdout[-1500:] + res.stderr[-3000:]
+    assert res.returncode == 0, res.stderr[-3000:]

@@ -64,6 +64,13 @@ def init(device_kind: str) -> World:
         return World(rank, size, local)  # nothing to synchronise; skip the process group
     backend = "nccl" if device_kind == "cuda" else "gloo"
     if not dist.is_initialized():
+        # DDP's constructor imports torch._dynamo, and an import of it made while a process
+        # group exists keeps references to that group for good: destroy_process_group then
+        # cannot free it, its Gloo threads outlive the run, and the group is torn down during
+        # interpreter exit, where it sometimes aborts the rank ("terminate called without an
+        # active exception", exit -6, after a complete run). Imported first, it holds none.
+        import torch._dynamo  # noqa: F401
+
         kwargs = {}
         if backend == "nccl":
             torch.cuda.set_device(local)

@@ -96,9 +96,8 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, resume: bool = False,
     world = D.init(device.type)
     try:
         result = _fit(cfg, run, resume, device, world, started, made_here)
-        # Every rank leaves together before the process group is torn down: under load a
-        # rank 1 that left first was seen to abort at exit ("terminate called without an
-        # active exception", exit -6) after a complete run.
+        # Every rank leaves together before the process group is torn down (the abort at
+        # exit this was once blamed for had another cause: see distributed.init).
         D.barrier(world)
         return result
     except (RuntimeError, OSError) as exc:
