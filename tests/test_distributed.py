@@ -57,6 +57,16 @@ def popen_ranks(*args):
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
+def torchrun_script(tmp_path: Path, source: str, *args, **env):
+    """A script of the test's own (its text: `source`) on 2 CPU ranks under torchrun."""
+    script = tmp_path / "ranks.py"
+    script.write_text(source)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(script), *map(str, args)],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", **env))
+
+
 def single(*args):
     """One process: this one (clirun)."""
     return cli("train", "--preset", "tutorial", *args)
@@ -236,12 +246,7 @@ def test_rank_0s_set_up_may_outlast_the_process_groups_timeout(tmp_path):
     """Old main: the other ranks waited for rank 0's scan and caches in a barrier bound by
     the process group's timeout (600 s), so a large set died with "a rank probably died".
     Here the timeout is 2 s and rank 0's set-up takes 6 s."""
-    script = tmp_path / "slow.py"
-    script.write_text(SLOW_SETUP)
-    env = dict(os.environ, OMP_NUM_THREADS="1", IMGCLS_DIST_TIMEOUT="2")
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", str(script), "6"], capture_output=True,
-                         text=True, env=env, timeout=300)
+    res = torchrun_script(tmp_path, SLOW_SETUP, "6", IMGCLS_DIST_TIMEOUT="2")
     assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-3000:]
     # The ranks print at once: their lines may interleave in the shared stdout.
     said = sorted(re.findall(r"rank \d ok \d", res.stdout))
@@ -278,13 +283,8 @@ def test_a_finished_rank_has_torn_its_process_group_down(setup, tmp_path):
     a complete run (CI: exit -6, "terminate called without an active exception"). Whether
     the threads are gone when `train` returns is deterministic; the abort is not."""
     data, cfg = setup
-    script = tmp_path / "ends_clean.py"
-    script.write_text(ENDS_CLEAN)
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", str(script), "train", "--preset", "tutorial",
-                          str(data), "--out", str(tmp_path / "run"), "--config", str(cfg),
-                          "--epochs", "1"], capture_output=True, text=True,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    res = torchrun_script(tmp_path, ENDS_CLEAN, "train", "--preset", "tutorial", data,
+                          "--out", tmp_path / "run", "--config", cfg, "--epochs", "1")
     said = sorted(re.findall(r"rank \d exit \d+, Gloo threads left: .*", res.stdout))
     assert said == [f"rank {r} exit 0, Gloo threads left: []" for r in (0, 1)], \
         res.stdout[-1500:] + res.stderr[-3000:]
